@@ -1,0 +1,46 @@
+"""Environment construction and simgan's own benchmark environments.
+
+``make_env(env_id, **kwargs)`` is how every part of simgan builds a real env: it registers simgan's envs first
+(so ids like ``simgan/KickedPendulum-v0`` work in Ray worker processes too) and turns an unknown id into an
+error with gymnasium's "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+_REGISTERED = False
+
+
+def register_envs() -> None:
+    """Register simgan's envs with gymnasium (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
+    # Each entry: id -> "module:Class". Modules are imported only when the env is made.
+    for env_id, entry_point, max_steps in ENV_SPECS:
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_steps)
+
+
+# (id, entry point, max_episode_steps). Benchmark envs add themselves here.
+ENV_SPECS: list[tuple[str, str, int | None]] = [
+    # Test-only: dies (os._exit) once at a chosen step, to prove collection survives worker crashes.
+    ("simgan/CrashOnce-v0", "envs.testing:CrashOncePendulum", 200),
+]
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **make_kwargs: Any) -> gym.Env:
+    """``gymnasium.make`` with simgan's envs registered. Unknown ids raise ``gymnasium.error.Error``
+    subclasses whose message includes gymnasium's "did you mean" suggestion."""
+    register_envs()
+    return gym.make(env_id, **(env_kwargs or {}), **make_kwargs)
+
+
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of an id (raises gymnasium's NameNotFound / VersionNotFound with suggestions)."""
+    register_envs()
+    return gym.spec(env_id)

@@ -1,0 +1,41 @@
+"""simgan: learned, batched, GPU-ready simulators for reinforcement learning.
+
+    collect (Ray workers) -> dataset dir -> train (conditional GAN) -> model dir -> SimEnv / SimVectorEnv
+                                                                                 -> forecast, agents
+
+Public names are imported lazily, so ``import simgan`` is cheap and pulls in Ray or torch only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Dataset": "simgan.data",
+    "TransitionBatch": "simgan.data",
+    "load_dataset": "simgan.data",
+    "DatasetError": "simgan.data",
+    "SimganError": "simgan.errors",
+    "collect": "simgan.collect",
+    "WorldModel": "simgan.world_model",
+    "ModelInfo": "simgan.world_model",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'simgan' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

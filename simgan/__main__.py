@@ -1,0 +1,5 @@
+import sys
+
+from simgan.cli import main
+
+sys.exit(main())

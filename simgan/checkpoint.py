@@ -1,0 +1,172 @@
+"""Model directories: weights, config, normaliser, spaces and provenance, written atomically, loaded safely.
+
+Layout of a model directory (``RUN/``)::
+
+    model.json                       written last: format version, model kind, JSON config, ModelInfo,
+                                     the weights file's name and sha256, validation metrics
+    weights-<sha256[:16]>.safetensors  every tensor of the model (normaliser and ModelInfo arrays included)
+    train_state.pt                   optional: optimiser/RNG/step for --resume (plain tensors, weights_only)
+
+The weights file is content-addressed: a new checkpoint writes its weights under a new name first, then swaps
+``model.json`` (temp file + ``os.replace``), then deletes the old weights. A process killed at any point leaves
+``model.json`` pointing at a complete weights file. Nothing here unpickles code: weights are safetensors, and
+``train_state.pt`` is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from simgan.errors import SimganError
+from simgan.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes
+from simgan.world_model import ModelInfo, WorldModel
+
+CHECKPOINT_VERSION = 1
+MODEL_JSON = "model.json"
+TRAIN_STATE = "train_state.pt"
+_INFO_PREFIX = "info."
+
+# model kind -> "module:Class"; the class has ``from_checkpoint(files: ModelFiles, device) -> WorldModel``.
+MODEL_KINDS: dict[str, str] = {
+    "gan": "simgan.models:ConditionalGAN",
+    "ensemble": "simgan.ensemble:GaussianEnsemble",
+}
+
+
+class CheckpointError(SimganError):
+    """A model directory is missing, truncated, tampered with, or of an unknown version or kind."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Everything a model directory holds, as plain data."""
+
+    kind: str
+    config: dict[str, Any]
+    info: ModelInfo
+    tensors: dict[str, torch.Tensor]
+    metrics: dict[str, Any]
+
+
+def save_model(
+    directory: str | Path,
+    *,
+    kind: str,
+    config: dict[str, Any],
+    info: ModelInfo,
+    tensors: dict[str, torch.Tensor],
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Write a model directory atomically. Refuses non-finite weights (nothing is written then)."""
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"model kind: expected one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"refusing to save a checkpoint: tensor {name!r} holds non-finite values")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    for name, arr in info.arrays().items():
+        payload[_INFO_PREFIX + name] = torch.from_numpy(np.ascontiguousarray(arr))
+    data = safetensors_save(payload)
+    digest = sha256_bytes(data)
+    weights_name = f"weights-{digest[:16]}.safetensors"
+    atomic_write_bytes(directory / weights_name, data)
+    atomic_write_json(
+        directory / MODEL_JSON,
+        {
+            "format_version": CHECKPOINT_VERSION,
+            "simgan_version": _simgan_version(),
+            "kind": kind,
+            "config": config,
+            "info": info.to_json(),
+            "weights": {"file": weights_name, "sha256": digest},
+            "metrics": metrics or {},
+        },
+    )
+    for old in directory.glob("weights-*.safetensors"):
+        if old.name != weights_name:
+            old.unlink(missing_ok=True)
+
+
+def load_model_files(directory: str | Path) -> ModelFiles:
+    """Read and verify a model directory without building a model."""
+    directory = Path(directory)
+    meta_path = directory / MODEL_JSON
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: missing; expected a model directory written by `simgan train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if meta.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: checkpoint format version {meta.get('format_version')!r}, this simgan reads "
+            f"version {CHECKPOINT_VERSION}"
+        )
+    kind = meta.get("kind")
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"{meta_path}: model kind: expected one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    weights_path = directory / meta["weights"]["file"]
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: weights file named in {MODEL_JSON} is missing")
+    data = weights_path.read_bytes()
+    digest = sha256_bytes(data)
+    if digest != meta["weights"]["sha256"]:
+        raise CheckpointError(
+            f"{weights_path}: checksum mismatch, expected sha256 {meta['weights']['sha256']}, got {digest}; "
+            "the file is truncated or was modified"
+        )
+    try:
+        tensors = safetensors_load(data)
+    except Exception as exc:
+        raise CheckpointError(f"{weights_path}: cannot parse safetensors ({exc})") from exc
+    info_arrays = {k[len(_INFO_PREFIX):]: v.numpy() for k, v in tensors.items() if k.startswith(_INFO_PREFIX)}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(_INFO_PREFIX)}
+    info = ModelInfo.from_json(meta["info"], info_arrays)
+    return ModelFiles(kind=kind, config=meta["config"], info=info, tensors=tensors, metrics=meta.get("metrics", {}))
+
+
+def load_model(directory: str | Path, device: str | torch.device = "auto") -> WorldModel:
+    """Rebuild a model (GAN or ensemble) from its directory alone, on any device."""
+    from simgan.device import resolve_device
+
+    files = load_model_files(directory)
+    module_name, class_name = MODEL_KINDS[files.kind].split(":")
+    model_class = getattr(importlib.import_module(module_name), class_name)
+    return model_class.from_checkpoint(files, resolve_device(device))
+
+
+def save_train_state(directory: str | Path, state: dict[str, Any]) -> None:
+    """Optimiser state dicts, RNG states and counters for ``--resume``; tensors and primitives only."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(Path(directory) / TRAIN_STATE, buffer.getvalue())
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / TRAIN_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; nothing to resume from")
+    try:
+        # weights_only=True: a pickle that would run code is refused, never executed.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: refused or unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _simgan_version() -> str:
+    from simgan import __version__
+
+    return __version__

@@ -1,0 +1,141 @@
+"""The interface every learned dynamics model offers, so downstream code does not care which model it runs.
+
+Both the conditional GAN (:mod:`simgan.models`) and the Gaussian-ensemble baseline implement
+:class:`WorldModel`. The learned env, forecasting, metrics and agents use only this interface.
+
+Conventions (all tensors batched, on ``model.device``):
+    obs       B x obs_dim float32 (raw, unnormalised observations)
+    action    B x act_dim float32 for Box action spaces; B int64 for Discrete
+    noise     B x noise_dim float32, standard normal; *all* randomness of one model step comes from it, so the
+              same (obs, action, noise) always gives the same transition (reproducible branching)
+    next_obs  B x obs_dim float32;  reward B float32;  terminated B bool
+    realism   B float32 in [0, 1]: calibrated so that on real held-out transitions it is roughly uniform
+              (the fraction of real validation transitions that scored lower). A threshold of 0.01 therefore
+              flags transitions less plausible than 99 % of real ones, whatever the model type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from simgan.spaces import action_dim, space_from_dict, space_to_dict
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model knows about the env and data it was trained on (stored with every checkpoint)."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Box | gym.spaces.Discrete
+    max_episode_steps: int | None
+    initial_states: np.ndarray  # N x obs_dim: first observations of the training episodes
+    state_low: np.ndarray  # obs_dim: per-dimension minimum seen in the training data (obs and next_obs)
+    state_high: np.ndarray  # obs_dim: per-dimension maximum seen in the training data
+    dataset_sha256: str  # sha256 of the dataset's manifest.json
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observation_space.shape[0])
+
+    @property
+    def action_input_dim(self) -> int:
+        return action_dim(self.action_space)
+
+    @property
+    def is_discrete(self) -> bool:
+        return isinstance(self.action_space, gym.spaces.Discrete)
+
+    @classmethod
+    def from_dataset(cls, dataset) -> ModelInfo:
+        """Build from a :class:`simgan.data.Dataset` using its *training* split only."""
+        from simgan.fsutil import sha256_file
+
+        train = dataset.train
+        states = np.concatenate([train.obs, train.next_obs])
+        return cls(
+            env_id=dataset.env_id,
+            env_kwargs=dataset.env_kwargs,
+            observation_space=dataset.observation_space,
+            action_space=dataset.action_space,
+            max_episode_steps=dataset.manifest.get("max_episode_steps"),
+            initial_states=train.obs[train.step == 0].astype(np.float32),
+            state_low=states.min(axis=0).astype(np.float32),
+            state_high=states.max(axis=0).astype(np.float32),
+            dataset_sha256=sha256_file(dataset.path / "manifest.json"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON part (arrays go to :meth:`arrays`)."""
+        return {
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "observation_space": space_to_dict(self.observation_space),
+            "action_space": space_to_dict(self.action_space),
+            "max_episode_steps": self.max_episode_steps,
+            "dataset_sha256": self.dataset_sha256,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"initial_states": self.initial_states, "state_low": self.state_low, "state_high": self.state_high}
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ModelInfo:
+        return cls(
+            env_id=meta["env_id"],
+            env_kwargs=dict(meta["env_kwargs"]),
+            observation_space=space_from_dict(meta["observation_space"]),
+            action_space=space_from_dict(meta["action_space"]),
+            max_episode_steps=meta["max_episode_steps"],
+            initial_states=np.asarray(arrays["initial_states"], dtype=np.float32),
+            state_low=np.asarray(arrays["state_low"], dtype=np.float32),
+            state_high=np.asarray(arrays["state_high"], dtype=np.float32),
+            dataset_sha256=meta["dataset_sha256"],
+        )
+
+
+@runtime_checkable
+class WorldModel(Protocol):
+    """A learned p(s', r, done | s, a). See the module docstring for shapes and conventions."""
+
+    info: ModelInfo
+    noise_dim: int
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def sample(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step for a batch: returns (next_obs B x obs_dim, reward B, terminated B bool).
+
+        ``noise`` (B x noise_dim, standard normal) fixes the sample; otherwise it is drawn with ``generator``.
+        """
+        ...
+
+    def realism(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """Calibrated plausibility of each transition, B floats in [0, 1] (higher = more realistic)."""
+        ...
+
+    def to(self, device: torch.device | str) -> WorldModel: ...
+
+
+def encode_action(action: torch.Tensor, action_space: gym.Space) -> torch.Tensor:
+    """Model input for actions: B x act_dim floats (Box) or B x n one-hot (Discrete, from B integer actions)."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        index = action.reshape(-1).long() - int(action_space.start)
+        return torch.nn.functional.one_hot(index, int(action_space.n)).to(torch.float32)
+    return action.reshape(action.shape[0], -1).to(torch.float32)
