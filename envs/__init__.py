@@ -30,6 +30,8 @@ def register_envs() -> None:
 ENV_SPECS: list[tuple[str, str, int | None]] = [
     # Test-only: dies (os._exit) once at a chosen step, to prove collection survives worker crashes.
     ("simgan/CrashOnce-v0", "envs.testing:CrashOncePendulum", 200),
+    ("simgan/KickedPendulum-v0", "envs.multimodal:KickedPendulum", 200),
+    ("simgan/ForkingPointMass-v0", "envs.multimodal:ForkingPointMass", 100),
 ]
 
 
