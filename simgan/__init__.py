@@ -23,6 +23,8 @@ _EXPORTS = {
     "collect": "simgan.collect",
     "WorldModel": "simgan.world_model",
     "ModelInfo": "simgan.world_model",
+    "SimEnv": "simgan.sim_env",
+    "SimVectorEnv": "simgan.sim_vector_env",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -39,3 +41,18 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def _register_sim_env() -> None:
+    """Register ``simgan/Sim-v0`` (string entry points: nothing heavy is imported here; idempotent)."""
+    import gymnasium as gym
+
+    if "simgan/Sim-v0" not in gym.registry:
+        gym.register(
+            id="simgan/Sim-v0",
+            entry_point="simgan.sim_env:SimEnv",
+            vector_entry_point="simgan.sim_vector_env:SimVectorEnv",
+        )
+
+
+_register_sim_env()
