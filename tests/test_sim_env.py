@@ -1,0 +1,312 @@
+"""SimEnv on hand-computable WorldModels (tests/worldmodels.py): exact transitions, seeding, flags, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import simgan
+from simgan.sim_env import SimEnv
+from worldmodels import DiscreteLinearModel, LinearModel, PoisonedModel, linear_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rollout(env: gym.Env, actions: list, **reset_kwargs) -> list[tuple]:
+    obs, _ = env.reset(**reset_kwargs)
+    out = [(obs,)]
+    for action in actions:
+        out.append(env.step(action))
+    return out
+
+
+# ---- gymnasium API -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_class", [LinearModel, DiscreteLinearModel])
+def test_check_env_passes_with_warnings_as_errors(model_class):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # A directly built env has no spec, so there are no alternative render modes to try.
+        check_env(SimEnv(model_class(), seed=0), skip_render_check=True)
+
+
+def test_registered_id_passes_check_env_and_runs_under_passive_checker():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env = gym.make("simgan/Sim-v0", model=LinearModel())
+        check_env(env.unwrapped)  # with a spec: render modes and close are checked too
+        obs, _ = env.reset(seed=3)  # through OrderEnforcing + PassiveEnvChecker
+        for _ in range(25):
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            assert obs in env.observation_space and np.isfinite(reward)
+            if terminated or truncated:
+                obs, _ = env.reset()
+    assert isinstance(env.unwrapped, SimEnv) and env.spec.id == "simgan/Sim-v0"
+
+
+def test_spaces_and_defaults_come_from_the_model():
+    model = LinearModel()
+    env = SimEnv(model)
+    assert env.observation_space == model.info.observation_space
+    assert env.action_space == model.info.action_space
+    assert env.max_episode_steps == 20
+    assert SimEnv(model, max_episode_steps=5).max_episode_steps == 5
+    assert SimEnv(LinearModel(linear_info(max_episode_steps=None))).max_episode_steps is None
+
+
+# ---- exact transitions --------------------------------------------------------------------------------------
+def test_step_matches_the_hand_computed_transition():
+    env = SimEnv(LinearModel())
+    state = np.array([0.5, -0.25, 1.0], dtype=np.float32)
+    noise = np.array([1.0, -2.0, 3.0], dtype=np.float32)
+    obs, info = env.reset(options={"state": state, "noise": noise})
+    np.testing.assert_array_equal(obs, state)
+    action = np.array([0.5, -1.0], dtype=np.float32)
+    obs, reward, terminated, truncated, info = env.step(action)
+    expected = state + 0.1 * np.array([0.5, -1.0, 0.0]) + 0.01 * noise
+    np.testing.assert_allclose(obs, expected, rtol=1e-6)
+    assert reward == pytest.approx(-float((expected**2).sum()), rel=1e-5)
+    assert not terminated and not truncated
+    # realism = exp(-mean(noise^2) / 2) for the linear model
+    assert info["realism"] == pytest.approx(np.exp(-np.mean(noise**2) / 2), rel=1e-4)
+    assert info == {**info, "unrealistic": False, "out_of_support": False, "non_finite": False}
+    assert obs.dtype == np.float32 and isinstance(reward, float)
+
+
+def test_discrete_actions_move_the_state_by_hand_computed_amounts():
+    env = SimEnv(DiscreteLinearModel())
+    start = np.array([0.0, 0.0], dtype=np.float32)
+    for action, expected_x in [(0, -0.1), (1, 0.0), (2, 0.1)]:
+        env.reset(options={"state": start, "noise": np.zeros(2, dtype=np.float32)})
+        obs, reward, *_ = env.step(np.int64(action))
+        assert obs[0] == pytest.approx(expected_x, abs=1e-7) and obs[1] == 0.0
+        assert reward == pytest.approx(-abs(expected_x), abs=1e-7)
+
+
+def test_learned_termination_and_custom_reward_and_termination_fns():
+    env = SimEnv(LinearModel())
+    env.reset(options={"state": np.array([1.95, 0, 0], dtype=np.float32), "noise": np.zeros(3)})
+    *_, terminated, truncated, _ = env.step(np.array([1.0, 0.0], dtype=np.float32))
+    assert terminated and not truncated  # |2.05| > 2
+
+    def reward_fn(obs, action, next_obs):
+        return next_obs[:, 0] * 10.0
+
+    def termination_fn(obs, action, next_obs):
+        return next_obs[:, 1] > 0.05
+
+    env = SimEnv(LinearModel(), reward_fn=reward_fn, termination_fn=termination_fn)
+    env.reset(options={"state": np.zeros(3, dtype=np.float32), "noise": np.zeros(3)})
+    _, reward, terminated, _, _ = env.step(np.array([0.5, 1.0], dtype=np.float32))
+    assert reward == pytest.approx(0.5) and terminated
+
+
+def test_truncation_at_max_episode_steps():
+    env = SimEnv(LinearModel(), max_episode_steps=4, seed=0)
+    env.reset()
+    truncations = [env.step(np.zeros(2, dtype=np.float32))[3] for _ in range(4)]
+    assert truncations == [False, False, False, True]
+
+
+# ---- seeding and noise ---------------------------------------------------------------------------------------
+def test_same_seed_and_actions_give_the_same_trajectory_bit_for_bit():
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, 2).astype(np.float32) for _ in range(15)]
+    a = rollout(SimEnv(LinearModel()), actions, seed=42)
+    b = rollout(SimEnv(LinearModel()), actions, seed=42)
+    c = rollout(SimEnv(LinearModel()), actions, seed=43)
+    for step_a, step_b in zip(a, b):
+        np.testing.assert_array_equal(step_a[0], step_b[0])
+        assert step_a[1:] == step_b[1:]
+    assert any(not np.array_equal(x[0], y[0]) for x, y in zip(a, c))
+
+
+def test_constructor_seed_makes_the_first_reset_reproducible():
+    obs_a, _ = SimEnv(LinearModel(), seed=7).reset()
+    obs_b, _ = SimEnv(LinearModel(), seed=7).reset()
+    np.testing.assert_array_equal(obs_a, obs_b)
+
+
+def test_noise_seed_option_gives_reproducible_different_futures():
+    env = SimEnv(LinearModel())
+    state = np.zeros(3, dtype=np.float32)
+    actions = [np.zeros(2, dtype=np.float32)] * 5
+
+    def future(noise_seed):
+        return np.stack([s[0] for s in rollout(env, actions, options={"state": state, "noise": noise_seed})])
+
+    np.testing.assert_array_equal(future(1), future(1))
+    assert not np.allclose(future(1), future(2))
+
+
+def test_fixed_noise_mode_reuses_one_draw_every_step():
+    env = SimEnv(LinearModel(), seed=0)
+    obs, _ = env.reset(options={"noise": "fixed"})
+    residuals = []
+    for _ in range(5):
+        next_obs, *_ = env.step(np.zeros(2, dtype=np.float32))
+        residuals.append(next_obs - obs)  # = 0.01 * the fixed noise
+        obs = next_obs
+    np.testing.assert_allclose(residuals, np.repeat(residuals[:1], 5, axis=0), atol=1e-6)
+    assert np.abs(residuals[0]).max() > 0
+
+
+def test_initial_states_dataset_array_and_callable():
+    model = LinearModel()
+    starts = {tuple(SimEnv(model, seed=s).reset()[0]) for s in range(30)}
+    assert starts <= {tuple(row) for row in model.info.initial_states} and len(starts) > 1
+    table = np.array([[1.0, 1.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(SimEnv(model, initial_states=table).reset()[0], table[0])
+    env = SimEnv(model, initial_states=lambda rng: rng.uniform(-1, 1, 3).astype(np.float32), seed=0)
+    first, _ = env.reset(seed=5)
+    np.testing.assert_array_equal(first, env.reset(seed=5)[0])
+
+
+# ---- realism, support and non-finite values -----------------------------------------------------------------
+def test_unrealistic_transitions_truncate_and_are_counted():
+    env = SimEnv(LinearModel(), realism_threshold=0.01)
+    env.reset(options={"state": np.zeros(3, dtype=np.float32), "noise": np.full(3, 4.0)})
+    _, _, terminated, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+    assert info["realism"] == pytest.approx(np.exp(-8.0), rel=1e-4)  # < 0.01
+    assert truncated and not terminated and info["unrealistic"]
+    env.reset(options={"state": np.zeros(3, dtype=np.float32), "noise": np.full(3, 0.5)})
+    _, _, _, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+    assert not truncated and not info["unrealistic"]
+    assert env.stats == {"steps": 2, "unrealistic": 1, "out_of_support": 0, "non_finite": 0}
+
+
+def test_out_of_support_states_truncate_and_are_counted():
+    # data range [-2, 2] per dimension, margin 0.1 x 4 = 0.4: support is [-2.4, 2.4]
+    env = SimEnv(LinearModel())
+    env.reset(options={"state": np.array([0, 2.35, 0], dtype=np.float32), "noise": np.zeros(3)})
+    obs, _, terminated, truncated, info = env.step(np.array([0, 1], dtype=np.float32))
+    assert obs[1] == pytest.approx(2.45) and info["out_of_support"] and truncated and not terminated
+    wide = SimEnv(LinearModel(), support_margin=0.5)
+    wide.reset(options={"state": np.array([0, 2.35, 0], dtype=np.float32), "noise": np.zeros(3)})
+    assert not wide.step(np.array([0, 1], dtype=np.float32))[4]["out_of_support"]
+    assert env.get_stats()["out_of_support"] == 1
+
+
+@pytest.mark.parametrize("kind", ["nan_obs", "inf_obs", "nan_reward"])
+def test_non_finite_model_output_never_reaches_the_agent(kind):
+    env = SimEnv(PoisonedModel(kind, poison_above=0.5))
+    state = np.array([0.1, 0.2, 0.9], dtype=np.float32)  # obs_2 > 0.5: the model emits NaN/inf
+    env.reset(options={"state": state})
+    obs, reward, terminated, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+    assert np.all(np.isfinite(obs)) and np.isfinite(reward)
+    np.testing.assert_array_equal(obs, state)  # the last finite observation
+    assert truncated and not terminated and info["non_finite"] and info["realism"] == 0.0
+    assert env.stats["non_finite"] == 1
+
+
+# ---- bad input -------------------------------------------------------------------------------------------------
+def test_step_before_reset_raises_reset_needed():
+    with pytest.raises(gym.error.ResetNeeded):
+        SimEnv(LinearModel()).step(np.zeros(2, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("action", "match"),
+    [
+        (np.zeros(3, dtype=np.float32), r"expected shape \(2,\), got \(3,\)"),
+        (np.zeros((1, 2), dtype=np.float32), r"expected shape \(2,\), got \(1, 2\)"),
+        (np.array(["a", "b"]), "expected a float"),
+        (np.array([True, False]), "expected a float"),
+        (np.array([np.nan, 0.0], dtype=np.float32), "expected finite values"),
+        (np.array([0.0, np.inf], dtype=np.float32), "expected finite values"),
+        (np.array([0.0, 1.5], dtype=np.float32), r"expected values in \[low, high\].*got \[1.5\]"),
+    ],
+)
+def test_bad_box_actions_raise_value_error(action, match):
+    env = SimEnv(LinearModel(), seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match=match):
+        env.step(action)
+
+
+@pytest.mark.parametrize(
+    ("action", "match"),
+    [
+        (1.0, "expected an integer dtype"),
+        (3, r"expected integers in \[0, 2\], got \[3\]"),
+        ([1], "expected shape"),
+    ],
+)
+def test_bad_discrete_actions_raise_value_error(action, match):
+    env = SimEnv(DiscreteLinearModel(), seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match=match):
+        env.step(action)
+
+
+def test_bad_reset_options_raise_value_error():
+    env = SimEnv(LinearModel())
+    with pytest.raises(ValueError, match=r"expected state of shape \(3,\), got \(2,\)"):
+        env.reset(options={"state": np.zeros(2)})
+    with pytest.raises(ValueError, match="expected finite values"):
+        env.reset(options={"state": np.array([0.0, np.nan, 0.0])})
+    with pytest.raises(ValueError, match="inside the observation space"):
+        env.reset(options={"state": np.array([0.0, 11.0, 0.0])})
+    with pytest.raises(ValueError, match=r"expected shape \(3,\) or \(1, 3\)"):
+        env.reset(options={"noise": np.zeros(4)})
+    with pytest.raises(ValueError, match="unknown"):
+        env.reset(options={"stat": np.zeros(3)})
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(TypeError, match="expected a WorldModel or a model directory path"):
+        SimEnv(object())
+    with pytest.raises(ValueError, match="realism_threshold"):
+        SimEnv(LinearModel(), realism_threshold=1.5)
+    with pytest.raises(ValueError, match="compute_realism"):
+        SimEnv(LinearModel(), realism_threshold=0.1, compute_realism=False)
+    with pytest.raises(ValueError, match=r"initial_states: expected an array of shape \(N, 3\)"):
+        SimEnv(LinearModel(), initial_states=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="max_episode_steps"):
+        SimEnv(LinearModel(), max_episode_steps=0)
+
+
+def test_bad_actions_raise_even_under_python_O():
+    code = (
+        "import numpy as np, pytest\n"
+        "from simgan.sim_env import SimEnv\n"
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from worldmodels import LinearModel\n"
+        "env = SimEnv(LinearModel(), seed=0); env.reset()\n"
+        "for bad in ([np.nan, 0.0], [0.0, 5.0], [0.0]):\n"
+        "    with pytest.raises(ValueError): env.step(np.array(bad, dtype=np.float32))\n"
+        "with pytest.raises(ValueError): env.reset(options={'state': np.zeros(2)})\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-O", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+# ---- wrappers ------------------------------------------------------------------------------------------------
+def test_standard_wrappers_work():
+    env = SimEnv(LinearModel(), max_episode_steps=50, seed=0)
+    env = gym.wrappers.TimeLimit(env, max_episode_steps=7)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env = gym.wrappers.NormalizeObservation(env)
+    env = gym.wrappers.ClipAction(env)  # out-of-bounds actions are clipped before SimEnv sees them
+    env.reset(seed=0)
+    lengths = []
+    for _ in range(20):
+        _, _, terminated, truncated, info = env.step(np.array([3.0, -3.0], dtype=np.float32))
+        if terminated or truncated:
+            lengths.append(info["episode"]["l"])
+            env.reset()
+    assert lengths and all(length <= 7 for length in lengths)
+
+
+def test_simgan_exports_the_envs():
+    assert simgan.SimEnv is SimEnv
+    assert simgan.SimVectorEnv.__name__ == "SimVectorEnv"
