@@ -11,10 +11,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from worldmodels import DiscreteLinearModel, LinearModel, PoisonedModel, linear_info
 
 import simgan
 from simgan.sim_env import SimEnv
-from worldmodels import DiscreteLinearModel, LinearModel, PoisonedModel, linear_info
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -132,7 +132,7 @@ def test_non_finite_sub_envs_are_truncated_and_the_rest_continue():
     envs = SimVectorEnv(PoisonedModel("nan_obs", poison_above=0.5), num_envs=3)
     states = np.array([[0, 0, 0.9], [0, 0, 0.1], [0, 0, 0.7]], dtype=np.float32)
     envs.reset(options={"state": states})
-    obs, rewards, terminations, truncations, infos = envs.step(np.zeros((3, 2), dtype=np.float32))
+    obs, rewards, _terminations, truncations, infos = envs.step(np.zeros((3, 2), dtype=np.float32))
     assert np.isfinite(obs).all() and np.isfinite(rewards).all()
     np.testing.assert_array_equal(truncations, [True, False, True])
     np.testing.assert_array_equal(infos["non_finite"], [True, False, True])
@@ -197,7 +197,7 @@ def test_torch_mode_step_makes_no_host_round_trip(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     actions = torch.zeros(4, 2)
     for _ in range(5):  # crosses an autoreset
-        obs, rewards, terminations, truncations, infos = envs.step(actions)
+        obs, rewards, _terminations, truncations, _infos = envs.step(actions)
     monkeypatch.undo()
     assert obs.shape == (4, 3) and rewards.dtype == torch.float32 and truncations.dtype == torch.bool
 
