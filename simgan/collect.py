@@ -620,31 +620,29 @@ def _run_ray(configs, start_chunks, policy, out, shards, bar, address) -> None:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(
-                num_cpus=os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=False,
-                _node_ip_address="127.0.0.1",
-            )
+            # An embedded single-node cluster, no dashboard. Ray (2.60) offers no loopback-only binding: it
+            # resolves 127.0.0.1 to the node's IP and relies on its token authentication instead.
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         started_here = True
+    actors: dict[int, Any] = {}
     try:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         remote_worker = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(RolloutWorker)
+        # more workers than CPUs share them (fractional CPUs), rather than waiting forever for a free one
         per_worker = min(1.0, cpus / len(configs))
-        actors = {}
-        pending: dict[Any, tuple[int, int]] = {}
+        pending: dict[Any, tuple[int, int]] = {}  # object ref -> (worker, chunk)
         next_chunk: dict[int, int] = {}
+
+        def submit(worker: int) -> None:
+            pending[actors[worker].collect_chunk.remote(next_chunk[worker])] = (worker, next_chunk[worker])
+            next_chunk[worker] += 1
+
         for c, start in zip(configs, start_chunks):
-            if start is None:
-                continue
-            actors[c.worker_index] = remote_worker.options(num_cpus=per_worker).remote(c, policy)
-            next_chunk[c.worker_index] = start
-            for _ in range(2):
-                pending[actors[c.worker_index].collect_chunk.remote(next_chunk[c.worker_index])] = (
-                    c.worker_index,
-                    next_chunk[c.worker_index],
-                )
-                next_chunk[c.worker_index] += 1
+            if start is not None:
+                actors[c.worker_index] = remote_worker.options(num_cpus=per_worker).remote(c, policy)
+                next_chunk[c.worker_index] = start
+                submit(c.worker_index)
+                submit(c.worker_index)
         finished: set[int] = set()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -660,11 +658,9 @@ def _run_ray(configs, start_chunks, policy, out, shards, bar, address) -> None:
             if last:
                 finished.add(worker)
             elif worker not in finished:
-                ref = actors[worker].collect_chunk.remote(next_chunk[worker])
-                pending[ref] = (worker, next_chunk[worker])
-                next_chunk[worker] += 1
-        for actor in actors.values():
-            ray.kill(actor)
+                submit(worker)
     finally:
+        for actor in actors.values():
+            ray.kill(actor, no_restart=True)
         if started_here:
             ray.shutdown()
