@@ -15,6 +15,7 @@ from simgan.errors import SimganError
 COMMANDS: list[tuple[str, str, str]] = [
     ("collect", "collect", "collect rollouts of a gymnasium env on Ray workers into a verified dataset"),
     ("info", "info", "print a summary of a dataset (or a model directory)"),
+    ("agent", "agent", "train an RL agent (SAC/PPO) in a real or learned env, or evaluate a saved one"),
 ]
 
 

@@ -1,0 +1,121 @@
+"""Policy evaluation: the same code for a real env and a learned one, a single env or a vector env."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from agents.base import autoreset_mode, like_env, to_numpy
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Undiscounted returns and lengths of complete episodes."""
+
+    mean_return: float
+    std_return: float
+    returns: list[float]
+    lengths: list[int]
+
+    def __str__(self) -> str:
+        return (
+            f"mean return {self.mean_return:.2f} ± {self.std_return:.2f} over {len(self.returns)} episodes"
+            f" (mean length {np.mean(self.lengths):.1f})"
+        )
+
+
+def _policy_fn(policy: Any, deterministic: bool) -> Callable[[np.ndarray], Any]:
+    """``obs batch -> action batch`` for a Policy (``act(obs, deterministic)``) or a plain callable."""
+    if hasattr(policy, "act"):
+        return lambda obs: policy.act(obs, deterministic=deterministic)
+    if callable(policy):
+        return policy
+    raise TypeError(f"expected a Policy or a callable obs -> action, got {type(policy).__name__}")
+
+
+def _result(returns: list[float], lengths: list[int]) -> EvalResult:
+    return EvalResult(float(np.mean(returns)), float(np.std(returns)), returns, lengths)
+
+
+def evaluate_policy(
+    policy: Any,
+    env: gym.Env | VectorEnv,
+    episodes: int = 10,
+    seed: int = 0,
+    deterministic: bool = True,
+    max_steps: int | None = None,
+) -> EvalResult:
+    """Run ``episodes`` complete episodes and report their returns.
+
+    Args:
+        policy: a :class:`~agents.base.Policy` or any callable mapping an obs batch (B x obs_dim) to actions.
+        env: a ``gymnasium.Env`` (episode i is reset with ``seed + i``) or a ``VectorEnv`` (reset once with
+            ``seed``; sub-env i contributes a fixed share of the episodes, so short episodes are not
+            over-represented). Torch-mode vector envs are fine: observations are converted for the policy
+            and actions are sent back as tensors.
+        episodes: how many episodes to average.
+        seed: base seed of the resets.
+        deterministic: use the policy's mode (passed to ``policy.act``).
+        max_steps: safety cap on steps per episode (None: rely on the env's own time limit).
+
+    Returns:
+        EvalResult(mean_return, std_return, returns, lengths).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes: expected >= 1, got {episodes}")
+    act = _policy_fn(policy, deterministic)
+    if isinstance(env, VectorEnv):
+        return _evaluate_vector(act, policy, env, episodes, seed, max_steps)
+    returns, lengths = [], []
+    for episode in range(episodes):
+        if hasattr(policy, "reset"):
+            policy.reset()  # planners (MPC) drop their warm start between episodes
+        obs, _ = env.reset(seed=seed + episode)
+        total, steps, done = 0.0, 0, False
+        while not done:
+            action = to_numpy(act(to_numpy(obs)[None]))[0]
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            steps += 1
+            done = bool(terminated or truncated) or (max_steps is not None and steps >= max_steps)
+        returns.append(total)
+        lengths.append(steps)
+    return _result(returns, lengths)
+
+
+def _evaluate_vector(
+    act: Callable, policy: Any, env: VectorEnv, episodes: int, seed: int, max_steps: int | None
+) -> EvalResult:
+    mode = autoreset_mode(env)
+    n = env.num_envs
+    quota = np.array([(episodes + i) // n for i in range(n)])  # sums to `episodes`
+    returns, lengths = [], []
+    running_return, running_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+    needs_reset = np.zeros(n, dtype=bool)
+    if hasattr(policy, "reset"):
+        policy.reset()
+    obs, _ = env.reset(seed=seed)
+    while len(returns) < episodes:
+        actions = act(to_numpy(obs))
+        obs_next, reward, terminated, truncated, _ = env.step(like_env(actions, obs))
+        valid = ~needs_reset if mode == AutoresetMode.NEXT_STEP else np.ones(n, dtype=bool)
+        running_return += np.where(valid, to_numpy(reward).astype(np.float64), 0.0)
+        running_length += valid
+        env_done = to_numpy(terminated).astype(bool) | to_numpy(truncated).astype(bool)
+        done = env_done
+        if max_steps is not None:
+            done = env_done | (running_length >= max_steps)  # the env keeps running; scoring cuts the episode
+        for i in np.flatnonzero(done & valid):
+            if quota[i] > 0:
+                quota[i] -= 1
+                returns.append(float(running_return[i]))
+                lengths.append(int(running_length[i]))
+            running_return[i], running_length[i] = 0.0, 0
+        needs_reset = env_done if mode == AutoresetMode.NEXT_STEP else np.zeros(n, dtype=bool)
+        obs = obs_next
+    return _result(returns, lengths)

@@ -1,0 +1,179 @@
+"""``simgan agent train|eval``: train an RL agent in a real env or inside a learned one, and evaluate it.
+
+    simgan agent train --algo sac --env Pendulum-v1 --steps 5000 --out runs/sac-pendulum
+    simgan agent train --algo sac --sim runs/pendulum-gan --num-envs 256 --steps 200000 --out runs/sac-sim
+    simgan agent eval --agent runs/sac-sim --env Pendulum-v1 --episodes 10
+
+This module is where simgan and ``agents`` meet: real envs come from ``envs.make_env``, learned ones from the
+registered ``simgan/Sim-v0`` id; ``agents`` itself knows only gymnasium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from simgan.errors import SimganError
+
+SIM_ENV_ID = "simgan/Sim-v0"
+
+
+class AgentCLIError(SimganError):
+    """Bad ``simgan agent`` arguments (e.g. neither --env nor --sim)."""
+
+
+def _add_env_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--env", help="a real gymnasium env id, e.g. Pendulum-v1 (built with envs.make_env)")
+    source.add_argument(
+        "--sim", metavar="RUN", help="a model directory: run inside the learned env simgan/Sim-v0"
+    )
+    parser.add_argument("--num-envs", type=int, default=1, help="parallel sub-envs (vector env)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of networks, env resets and sampling")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    train = sub.add_parser("train", help="train an agent (SAC or PPO)", formatter_class=fmt)
+    train.add_argument("--algo", choices=["sac", "ppo"], required=True, help="learning algorithm")
+    _add_env_args(train)
+    train.add_argument("--steps", type=int, required=True, help="env transitions to train for (all sub-envs)")
+    train.add_argument("--out", required=True, help="agent directory to write (agent.json + safetensors)")
+    train.add_argument("--log-dir", help="TensorBoard directory (default: OUT/tensorboard/<run name>)")
+    train.add_argument(
+        "--updates-per-step", type=float, help="SAC: gradient updates per transition (default 1)"
+    )
+    train.add_argument(
+        "--learning-starts", type=int, help="SAC: random-action transitions first (default 1000)"
+    )
+    train.add_argument(
+        "--eval-episodes", type=int, default=10, help="episodes of the final evaluation (0: none)"
+    )
+    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+
+    evaluate = sub.add_parser("eval", help="evaluate a saved agent", formatter_class=fmt)
+    evaluate.add_argument("--agent", required=True, help="agent directory written by `simgan agent train`")
+    _add_env_args(evaluate)
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to average")
+    evaluate.add_argument(
+        "--stochastic", action="store_true", help="sample actions instead of the policy's mode"
+    )
+    evaluate.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
+
+
+def make_training_env(args: argparse.Namespace, device: Any) -> Any:
+    """A single env (num_envs 1, real env) or a VectorEnv (real: SyncVectorEnv; learned: SimVectorEnv)."""
+    import gymnasium as gym
+
+    if args.num_envs < 1:
+        raise AgentCLIError(f"--num-envs: expected >= 1, got {args.num_envs}")
+    if args.sim is not None:
+        import simgan  # noqa: F401  (registers simgan/Sim-v0)
+
+        if SIM_ENV_ID not in gym.registry:
+            raise AgentCLIError(f"--sim needs the learned env {SIM_ENV_ID!r}, which is not registered")
+        if not Path(args.sim).is_dir():
+            raise AgentCLIError(f"--sim: expected a model directory, got {args.sim!r} (no such directory)")
+        if args.num_envs == 1:
+            return gym.make(SIM_ENV_ID, model=args.sim, device=str(device))
+        return gym.make_vec(
+            SIM_ENV_ID,
+            num_envs=args.num_envs,
+            vectorization_mode="vector_entry_point",
+            model=args.sim,
+            device=str(device),
+        )
+    from envs import make_env
+
+    if args.num_envs == 1:
+        return make_env(args.env)
+    return gym.vector.SyncVectorEnv([lambda: make_env(args.env) for _ in range(args.num_envs)])
+
+
+def run(args: argparse.Namespace) -> int:
+    return _train(args) if args.agent_command == "train" else _evaluate(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from agents import PPOConfig, SACConfig, evaluate_policy, train_ppo, train_sac
+    from simgan.device import resolve_device
+
+    if args.steps < 1:
+        raise AgentCLIError(f"--steps: expected >= 1, got {args.steps}")
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    env = make_training_env(args, device)
+    source = args.env or f"sim:{Path(args.sim).name}"
+    run_name = f"{source.replace('/', '-')}__{args.algo}__{args.seed}__{int(time.time())}"
+    log_dir = args.log_dir or str(Path(args.out) / "tensorboard" / run_name)
+    if args.algo == "sac":
+        config = SACConfig(total_steps=args.steps, seed=args.seed)
+        if args.updates_per_step is not None:
+            config.updates_per_step = args.updates_per_step
+        if args.learning_starts is not None:
+            config.learning_starts = args.learning_starts
+        result = train_sac(env, config, device=device, log_dir=log_dir, progress=args.progress)
+    else:
+        config = PPOConfig(total_steps=args.steps, seed=args.seed)
+        result = train_ppo(env, config, device=device, log_dir=log_dir, progress=args.progress)
+    agent = result.agent
+    metadata: dict[str, Any] = {
+        "env": args.env,
+        "sim": args.sim,
+        "num_envs": args.num_envs,
+        "steps": args.steps,
+    }
+    if args.eval_episodes > 0:
+        evaluation = evaluate_policy(agent, env, episodes=args.eval_episodes, seed=args.seed + 10_000)
+        metadata["eval"] = {"mean_return": evaluation.mean_return, "std_return": evaluation.std_return}
+        print(f"eval on {source}: {evaluation}")
+    agent.save(args.out, metadata=metadata)
+    env.close()
+    print(f"saved {args.algo} agent to {args.out} (TensorBoard: {log_dir})")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from agents import evaluate_policy, load_agent
+    from simgan.device import resolve_device
+
+    device = resolve_device(args.device)
+    env = make_training_env(args, device)
+    spaces = (
+        (env.single_observation_space, env.single_action_space)
+        if hasattr(env, "num_envs")
+        else (
+            env.observation_space,
+            env.action_space,
+        )
+    )
+    agent = load_agent(args.agent, observation_space=spaces[0], action_space=spaces[1], device=device)
+    result = evaluate_policy(
+        agent, env, episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic
+    )
+    env.close()
+    source = args.env or f"sim:{args.sim}"
+    print(f"{args.agent} on {source}: {result}")
+    if args.json_out:
+        from simgan.fsutil import atomic_write_json
+
+        atomic_write_json(
+            args.json_out,
+            {
+                "agent": args.agent,
+                "env": args.env,
+                "sim": args.sim,
+                "mean_return": result.mean_return,
+                "std_return": result.std_return,
+                "returns": result.returns,
+                "lengths": result.lengths,
+            },
+        )
+    return 0
