@@ -1,0 +1,266 @@
+"""Benchmark: simulated transitions/s of SimVectorEnv against the real envs, and model GFLOP/s against matmul.
+
+    python scripts/bench_sim.py                      # CPU: num_envs 1, 64, 1024, 4096 (numpy and torch mode)
+    python scripts/bench_sim.py --device cuda --num-envs 1024 65536
+
+Everything is measured in the same run, so the ratios hold on a noisy shared machine:
+
+* baselines: gymnasium ``SyncVectorEnv(64)`` on Pendulum-v1, and a single HalfCheetah-v5 (real simulators);
+* SimVectorEnv over a ``ConditionalGAN`` of the default architecture with *freshly initialised* weights (only
+  throughput is measured; a trained model has the same cost), built on each real env's spaces; with the
+  default ``compute_realism=True`` (``info["realism"]`` every step: the discriminator runs too) and without;
+* achieved GFLOP/s of the env step (FLOPs counted by ``torch.utils.flop_counter`` on one step) against a plain
+  ``torch.matmul`` chain with the same matrix shapes as the model's linear layers.
+
+Writes ``results/bench_sim.json`` and ``results/bench_sim.md`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from simgan.device import resolve_device
+from simgan.fsutil import atomic_write_bytes, atomic_write_json
+from simgan.models import ConditionalGAN, ModelConfig
+from simgan.sim_vector_env import SimVectorEnv
+from simgan.world_model import ModelInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(step, seconds: float, min_calls: int = 3) -> tuple[int, float]:
+    """Call ``step()`` until ``seconds`` have passed (at least ``min_calls`` times); return (calls, wall)."""
+    step()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+    return calls, time.perf_counter() - start
+
+
+def bench_real_env(env_id: str, num_envs: int | None, seconds: float) -> float:
+    """Transitions/s of a real env: SyncVectorEnv(num_envs) or a single env (num_envs None)."""
+    if num_envs is None:
+        env = gym.make(env_id)
+        env.reset(seed=0)
+        actions = [env.action_space.sample() for _ in range(1000)]
+        counter = iter(range(10**12))
+
+        def step() -> None:
+            _, _, terminated, truncated, _ = env.step(actions[next(counter) % 1000])
+            if terminated or truncated:
+                env.reset()
+
+        calls, wall = timed(step, seconds)
+        env.close()
+        return calls / wall
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)])
+    envs.reset(seed=0)
+    batch = envs.action_space.sample()
+    calls, wall = timed(lambda: envs.step(batch), seconds)
+    envs.close()
+    return calls * num_envs / wall
+
+
+def model_info_from_env(env_id: str, rollout_steps: int = 2000) -> ModelInfo:
+    """Spaces, start states and data range of a real env, from a short random rollout."""
+    env = gym.make(env_id)
+    rng_seed = 0
+    starts, states = [], []
+    obs, _ = env.reset(seed=rng_seed)
+    starts.append(obs)
+    env.action_space.seed(rng_seed)
+    for _ in range(rollout_steps):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        states.append(obs)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            starts.append(obs)
+    states = np.array(states + starts, dtype=np.float32)
+    info = ModelInfo(
+        env_id=env_id,
+        env_kwargs={},
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        max_episode_steps=env.spec.max_episode_steps,
+        initial_states=np.array(starts, dtype=np.float32),
+        state_low=states.min(axis=0),
+        state_high=states.max(axis=0),
+        dataset_sha256="0" * 64,
+    )
+    env.close()
+    return info
+
+
+def fresh_gan(info: ModelInfo, device: torch.device) -> ConditionalGAN:
+    torch.manual_seed(0)
+    model = ConditionalGAN(info, ModelConfig())
+    # An untrained model has no calibration scores; any sorted reference gives realism the same cost.
+    model.realism_reference = torch.sort(torch.randn(4096)).values
+    return model.to(device).eval()
+
+
+def linear_shapes(model: ConditionalGAN, realism: bool) -> list[tuple[int, int]]:
+    """(in, out) of every linear layer one env step runs: mean net and residual net (sample), and with
+    realism the mean net again and the critic (``ConditionalGAN.realism`` recomputes the mean)."""
+
+    def shapes(net: torch.nn.Module) -> list[tuple[int, int]]:
+        return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+    mean = shapes(model.generator.mean_net)
+    sample = mean + shapes(model.generator.residual_net)
+    return sample + mean + shapes(model.discriminator.net) if realism else sample
+
+
+def bench_matmul(
+    batch: int, layer_shapes: list[tuple[int, int]], device: torch.device, seconds: float
+) -> float:
+    """GFLOP/s of a plain torch.matmul chain with the model's layer shapes at this batch size."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    inputs = [torch.randn(batch, i, generator=gen, device=device) for i, _ in layer_shapes]
+    weights = [torch.randn(i, o, generator=gen, device=device) for i, o in layer_shapes]
+    flops = sum(2 * batch * i * o for i, o in layer_shapes)
+
+    def step() -> None:
+        for x, w in zip(inputs, weights):
+            torch.matmul(x, w)
+
+    calls, wall = timed(lambda: (step(), _sync(device)), seconds)
+    return calls * flops / wall / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_sim(
+    model: ConditionalGAN, num_envs: int, torch_mode: bool, realism: bool, seconds: float
+) -> dict[str, float]:
+    """Transitions/s and GFLOP/s of one SimVectorEnv configuration."""
+    device = model.device
+    envs = SimVectorEnv(model, num_envs=num_envs, torch_mode=torch_mode, compute_realism=realism, seed=0)
+    envs.reset(seed=0)
+    actions_np = np.stack([envs.action_space.sample() for _ in range(8)])
+    actions = torch.as_tensor(actions_np, device=device) if torch_mode else actions_np
+    counter = iter(range(10**12))
+
+    def step() -> None:
+        envs.step(actions[next(counter) % 8])
+
+    with FlopCounterMode(display=False) as flop_counter:
+        step()
+    flops_per_step = flop_counter.get_total_flops()
+    calls, wall = timed(lambda: step(), seconds)
+    _sync(device)  # torch mode on CUDA: wait for the queued steps
+    return {
+        "transitions_per_s": calls * num_envs / wall,
+        "steps_per_s": calls / wall,
+        "flops_per_step": float(flops_per_step),
+        "gflops": calls * flops_per_step / wall / 1e9,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs"
+    )
+    parser.add_argument(
+        "--num-envs", type=int, nargs="+", default=[1, 64, 1024, 4096], help="SimVectorEnv sizes"
+    )
+    parser.add_argument("--seconds", type=float, default=1.5, help="timing budget per measurement")
+    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"], help="source envs")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / "results" / "bench_sim"), help="output path without suffix"
+    )
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    # ---- real-env baselines (CPU, same run) --------------------------------------------------------------------
+    baselines = {
+        "Pendulum-v1": ("SyncVectorEnv(64)", bench_real_env("Pendulum-v1", 64, args.seconds)),
+        "HalfCheetah-v5": ("single env", bench_real_env("HalfCheetah-v5", None, args.seconds)),
+    }
+    rows = []
+    for env_id in args.envs:
+        info = model_info_from_env(env_id)
+        model = fresh_gan(info, device)
+        baseline_name, baseline = baselines.get(env_id, ("-", float("nan")))
+        for num_envs, realism in itertools.product(args.num_envs, (True, False)):
+            matmul_gflops = bench_matmul(num_envs, linear_shapes(model, realism), device, args.seconds)
+            for torch_mode in (False, True):
+                result = bench_sim(model, num_envs, torch_mode, realism, args.seconds)
+                rows.append(
+                    {
+                        "env_id": env_id,
+                        "num_envs": num_envs,
+                        "mode": "torch" if torch_mode else "numpy",
+                        "realism": realism,
+                        **result,
+                        "baseline": baseline_name,
+                        "baseline_transitions_per_s": baseline,
+                        "speedup_vs_baseline": result["transitions_per_s"] / baseline,
+                        "matmul_gflops": matmul_gflops,
+                        "fraction_of_matmul": result["gflops"] / matmul_gflops,
+                    }
+                )
+                print(_row_md(rows[-1]), flush=True)
+
+    meta = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gymnasium": gym.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "model": "ConditionalGAN(ModelConfig()) with freshly initialised weights",
+        "baselines_transitions_per_s": {k: v[1] for k, v in baselines.items()},
+        "seconds_per_measurement": args.seconds,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out.with_suffix(".json"), {"meta": meta, "rows": rows})
+    table = "\n".join([_HEADER, *(_row_md(r) for r in rows)])
+    baseline_lines = "\n".join(f"- {k} {v[0]}: {v[1]:,.0f} transitions/s" for k, v in baselines.items())
+    atomic_write_bytes(
+        out.with_suffix(".md"), f"{table}\n\nBaselines (same run):\n{baseline_lines}\n".encode()
+    )
+    print(
+        f"\nBaselines (same run):\n{baseline_lines}\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}"
+    )
+    print(json.dumps(meta, indent=1))
+    return 0
+
+
+_HEADER = (
+    "| source env | num_envs | mode | realism | transitions/s | x real env | model GFLOP/s | matmul GFLOP/s | fraction |\n"
+    "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def _row_md(r: dict) -> str:
+    return (
+        f"| {r['env_id']} | {r['num_envs']} | {r['mode']} | {'on' if r['realism'] else 'off'} | {r['transitions_per_s']:,.0f} | "
+        f"{r['speedup_vs_baseline']:.1f}x vs {r['baseline']} | {r['gflops']:.1f} | {r['matmul_gflops']:.1f} | "
+        f"{r['fraction_of_matmul']:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
