@@ -1,0 +1,85 @@
+"""Subprocess smoke tests of ``simgan collect`` and ``simgan info`` with tiny budgets."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def simgan(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "simgan", *args], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_collect_help_explains_every_flag() -> None:
+    result = simgan("collect", "--help")
+    assert result.returncode == 0
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", result.stdout))
+    expected = {
+        "--env", "--steps", "--out", "--workers", "--seed", "--policy", "--envs-per-worker", "--env-kwargs",
+        "--epsilon", "--action-noise", "--chunk-steps", "--address", "--resume", "--overwrite", "--no-progress",
+    }  # fmt: skip
+    assert expected <= flags
+    # every flag has a help text
+    from simgan.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["collect"]
+    missing = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
+    assert not missing
+
+
+def test_collect_then_info(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    result = simgan(
+        "collect", "--env", "Pendulum-v1", "--steps", "500", "--out", str(out), "--seed", "3",
+        "--env-kwargs", '{"g": 9.81}', "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "transitions  500 in" in result.stdout
+    assert 'Pendulum-v1 {"g": 9.81}' in result.stdout
+    info = simgan("info", str(out))
+    assert info.returncode == 0, info.stderr
+    assert info.stdout.splitlines()[1:] == result.stdout.splitlines()[1:]  # same summary, same dataset
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "Pendulm-v1"], "Did you mean: `Pendulum`"),
+        (
+            ["--env", "Pendulum-v1", "--env-kwargs", "{g: 1}"],
+            "--env-kwargs: expected a JSON object, got invalid",
+        ),
+        (["--env", "Pendulum-v1", "--env-kwargs", "[1]"], "--env-kwargs: expected a JSON object, got list"),
+        (["--env", "Pendulum-v1", "--workers", "-2"], "workers: expected an integer >= 0, got -2"),
+        (["--env", "Pendulum-v1", "--policy", "agents/sac.pt"], "saved-agent policies are not supported yet"),
+    ],
+)
+def test_collect_bad_input_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "ds"
+    result = simgan("collect", "--steps", "100", "--out", str(out), "--no-progress", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_collect_refuses_non_empty_out(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = simgan(
+        "collect", "--env", "CartPole-v1", "--steps", "100", "--out", str(tmp_path), "--no-progress"
+    )
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_info_on_missing_dataset_exits_2(tmp_path: Path) -> None:
+    result = simgan("info", str(tmp_path))
+    assert result.returncode == 2 and "no manifest" in result.stderr
