@@ -10,6 +10,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 from worldmodels import DiscreteLinearModel, LinearModel, PoisonedModel, linear_info
 
@@ -310,3 +311,73 @@ def test_standard_wrappers_work():
 def test_simgan_exports_the_envs():
     assert simgan.SimEnv is SimEnv
     assert simgan.SimVectorEnv.__name__ == "SimVectorEnv"
+
+
+# ---- a real ConditionalGAN, saved and loaded through its model directory -------------------------------------
+@pytest.fixture(scope="module")
+def gan_dir(tmp_path_factory) -> Path:
+    """A tiny, freshly initialised ConditionalGAN saved with save_model (throughput and API only, not fidelity)."""
+    from simgan.checkpoint import save_model
+    from simgan.models import ConditionalGAN, ModelConfig
+
+    torch.manual_seed(0)
+    info = linear_info()
+    config = ModelConfig(noise_dim=4, mean_hidden=(16,), residual_hidden=(16,), disc_hidden=(16,))
+    model = ConditionalGAN(info, config)
+    with torch.no_grad():
+        model.normalizer.delta_std.fill_(0.01)  # small steps: episodes stay inside the data range
+        model.generator.mean_net[-1].bias[-1] = -20.0  # termination logit: an untrained head would say "done"
+        model.realism_reference = torch.sort(torch.randn(256)).values
+    directory = tmp_path_factory.mktemp("gan")
+    save_model(
+        directory, kind="gan", config={"model": config.to_json()}, info=info, tensors=model.state_tensors()
+    )
+    return directory
+
+
+def test_gan_from_a_model_directory_passes_check_env(gan_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env = gym.make("simgan/Sim-v0", model=str(gan_dir), device="cpu")
+        check_env(env.unwrapped)
+        env.reset(seed=0)
+        for _ in range(5):
+            obs, reward, _, _, info = env.step(env.action_space.sample())
+            assert obs in env.observation_space and np.isfinite(reward) and 0.0 <= info["realism"] <= 1.0
+
+
+def test_gan_env_is_seeded_bit_for_bit(gan_dir):
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, 2).astype(np.float32) for _ in range(10)]
+    a = rollout(SimEnv(gan_dir, device="cpu"), actions, seed=5)
+    b = rollout(SimEnv(gan_dir, device="cpu"), actions, seed=5)
+    for step_a, step_b in zip(a, b):
+        np.testing.assert_array_equal(step_a[0], step_b[0])
+        assert step_a[1:] == step_b[1:]
+
+
+def test_gan_vector_env_equals_single_envs_given_the_same_noise(gan_dir):
+    from simgan.sim_vector_env import SimVectorEnv
+
+    n, steps = 4, 6
+    rng = np.random.default_rng(2)
+    states = rng.uniform(-0.5, 0.5, (n, 3)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (steps, n, 2)).astype(np.float32)
+    envs = gym.make_vec("simgan/Sim-v0", num_envs=n, vectorization_mode="vector_entry_point", model=gan_dir)
+    assert isinstance(envs, SimVectorEnv)
+    envs.reset(options={"state": states, "noise": [7, 8, 9, 10]})
+    batched = [envs.step(actions[t]) for t in range(steps)]
+    compared = 0
+    for i in range(n):
+        env = SimEnv(gan_dir)
+        env.reset(options={"state": states[i], "noise": 7 + i})
+        for t in range(steps):
+            obs, reward, terminated, truncated, _ = env.step(actions[t, i])
+            # Same noise, same weights; only the matmul batch size differs (BLAS may round differently).
+            np.testing.assert_allclose(obs, batched[t][0][i], rtol=1e-5, atol=1e-6)
+            assert reward == pytest.approx(float(batched[t][1][i]), rel=1e-4, abs=1e-5)
+            assert (terminated, truncated) == (batched[t][2][i], batched[t][3][i])
+            compared += 1
+            if terminated or truncated:
+                break  # the vector env autoresets this sub-env next step; the single env would need reset()
+    assert compared == n * steps
