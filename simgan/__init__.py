@@ -23,6 +23,10 @@ _EXPORTS = {
     "collect": "simgan.collect",
     "WorldModel": "simgan.world_model",
     "ModelInfo": "simgan.world_model",
+    "train": "simgan.train",
+    "TrainConfig": "simgan.train",
+    "load_model": "simgan.checkpoint",
+    "ConditionalGAN": "simgan.models",
     "SimEnv": "simgan.sim_env",
     "SimVectorEnv": "simgan.sim_vector_env",
 }

@@ -16,6 +16,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("collect", "collect", "collect rollouts of a gymnasium env on Ray workers into a verified dataset"),
     ("info", "info", "print a summary of a dataset (or a model directory)"),
     ("agent", "agent", "train an RL agent (SAC/PPO) in a real or learned env, or evaluate a saved one"),
+    ("train", "train", "train a world model (conditional GAN or Gaussian ensemble) on a dataset"),
+    ("forecast", "forecast", "sample many possible futures from given states; write fan charts"),
 ]
 
 

@@ -1,0 +1,76 @@
+"""``simgan train --data DIR --out RUN``: train a world model (conditional GAN, or the Gaussian-ensemble baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Flags shared with the ensemble's config (passed on by name with --model ensemble).
+_ENSEMBLE_SHARED = ("steps", "batch_size", "eval_every", "seed", "device")
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    from simgan.config import add_dataclass_arguments
+    from simgan.train_config import TrainConfig
+
+    parser.add_argument("--data", required=True, help="dataset directory written by `simgan collect`")
+    parser.add_argument("--out", required=True, help="run directory: best model, last/ (for --resume), tb/")
+    parser.add_argument(
+        "--model", choices=("gan", "ensemble"), default="gan", help="which world model to train"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_arguments(parser, TrainConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simgan.config import dataclass_from_namespace
+    from simgan.data import load_dataset
+    from simgan.train import check_run_directory
+    from simgan.train_config import TrainConfig
+
+    out = Path(args.out)
+    # Refuse a bad --out before the (slow) dataset load; nothing is touched then.
+    check_run_directory(out, resume=args.resume, overwrite=args.overwrite)
+    if args.model == "ensemble":
+        return _run_ensemble(args, out)
+    config = dataclass_from_namespace(TrainConfig, args)
+    dataset = load_dataset(args.data, validation_fraction=config.validation_fraction)
+    from simgan.train import train
+
+    train(dataset, out, config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    _print_summary(out)
+    return 0
+
+
+def _run_ensemble(args: argparse.Namespace, out: Path) -> int:
+    from simgan.data import load_dataset
+    from simgan.errors import SimganError
+
+    try:
+        from simgan.ensemble import EnsembleConfig, train_ensemble
+    except ImportError as exc:
+        raise SimganError(
+            f"--model ensemble: the Gaussian-ensemble baseline is not available ({exc})"
+        ) from exc
+    values = {name: getattr(args, name) for name in _ENSEMBLE_SHARED if getattr(args, name, None) is not None}
+    if args.quiet:
+        values["progress"] = False
+    if args.overwrite and out.is_dir():
+        import shutil
+
+        shutil.rmtree(out)
+    dataset = load_dataset(args.data, validation_fraction=args.validation_fraction)
+    train_ensemble(dataset, out=out, config=EnsembleConfig(**values))
+    _print_summary(out)
+    return 0
+
+
+def _print_summary(out: Path) -> None:
+    metrics = json.loads((out / "model.json").read_text()).get("metrics", {})
+    print(f"model written to {out} (load it with simgan.load_model({str(out)!r}))")
+    for key, value in metrics.items():
+        if isinstance(value, (int, float, str)) or (isinstance(value, list) and value):
+            print(f"  {key:<26} {value:.6g}" if isinstance(value, float) else f"  {key:<26} {value}")

@@ -1,0 +1,350 @@
+"""The conditional GAN world model: a regression mean head plus an adversarially learned residual.
+
+    G(s, a, z) = mu(s, a) + scale * f(s, a, z)          (in normalised (delta s, reward) units)
+
+* ``mu`` (the mean head) is trained by plain MSE regression on the normalised target ``(s' - s, r)``, so it is
+  the conditional mean, as precise as regression. It also carries the termination head (a Bernoulli logit
+  trained with BCE; ``terminated = p > 0.5``).
+* ``f`` (the residual generator) is trained adversarially: the discriminator, conditioned on (s, a), judges the
+  real residual ``(target - mu.detach()) / scale`` against ``f(s, a, z)``; a penalty on the (unbiased) squared
+  mean of ``f`` over several z per (s, a) keeps ``E_z[f] = 0``, hence ``E_z[G] = mu``. On deterministic dynamics
+  the real residual is mu's small error, so samples stay within regression precision; on multimodal dynamics
+  (a kick of +k or -k) ``f`` has to produce both modes.
+* ``scale`` (a buffer, one value per target dimension) tracks the RMS of the real residual during training, so
+  the residual generator and the discriminator always work at unit scale, however precise the mean head is.
+
+Shapes: B = batch, O = obs_dim, A = action input width (act_dim, or n for one-hot Discrete), T = O + 1 (the
+target: normalised delta and reward), Z = noise_dim.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from simgan.checkpoint import ModelFiles
+from simgan.data import TransitionBatch
+from simgan.errors import SimganError
+from simgan.world_model import ModelInfo, encode_action
+
+_MIN_STD = 1e-6
+_MIN_RESIDUAL_SCALE = 1e-3
+
+
+class ModelShapeError(SimganError, ValueError):
+    """Inputs whose shapes or sizes do not match the model."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a :class:`ConditionalGAN` (stored in ``model.json``; rebuilt from it on load)."""
+
+    noise_dim: int = 8
+    mean_hidden: tuple[int, ...] = (256, 256, 256)
+    residual_hidden: tuple[int, ...] = (256, 256)
+    disc_hidden: tuple[int, ...] = (256, 256)
+    spectral_norm: bool = False
+    loss: str = "wgan-gp"  # how the discriminator's scores are read (logits or critic scores)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelConfig:
+        values = dict(data)
+        for key in ("mean_hidden", "residual_hidden", "disc_hidden"):
+            values[key] = tuple(int(h) for h in values[key])
+        return cls(**values)
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, *, spectral_norm: bool = False) -> nn.Sequential:
+    """A SiLU MLP: in_dim -> hidden... -> out_dim (linear output), optionally spectrally normalised."""
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden, out_dim]
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
+        linear = nn.Linear(d_in, d_out)
+        if spectral_norm:
+            linear = nn.utils.parametrizations.spectral_norm(linear)
+        layers.append(linear)
+        if i < len(dims) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class Normalizer(nn.Module):
+    """Per-dimension affine normalisation of observations, Box actions, state deltas and rewards.
+
+    Fitted on the training split only and stored (as buffers) with the model.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int) -> None:
+        super().__init__()
+        for name, dim in (("obs", obs_dim), ("action", action_dim), ("delta", obs_dim), ("reward", 1)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, batch: TransitionBatch, info: ModelInfo) -> Normalizer:
+        """Set the statistics from a training batch (Discrete one-hot actions stay unnormalised)."""
+        columns = {
+            "obs": batch.obs.astype(np.float64),
+            "delta": (batch.next_obs.astype(np.float64) - batch.obs.astype(np.float64)),
+            "reward": batch.reward.astype(np.float64).reshape(-1, 1),
+        }
+        if not info.is_discrete:
+            columns["action"] = batch.action.astype(np.float64).reshape(len(batch), -1)
+        for name, values in columns.items():
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            std = np.where(std < _MIN_STD, 1.0, std)  # constant columns (CartPole's reward): leave unscaled
+            getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
+            getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32))
+        return self
+
+    def condition(self, obs: torch.Tensor, action_input: torch.Tensor) -> torch.Tensor:
+        """B x (O + A): normalised observation and action input."""
+        return torch.cat(
+            [(obs - self.obs_mean) / self.obs_std, (action_input - self.action_mean) / self.action_std],
+            dim=-1,
+        )
+
+    def target(self, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+        """B x T: the normalised (next_obs - obs, reward)."""
+        delta = (next_obs - obs - self.delta_mean) / self.delta_std
+        reward_n = (reward.reshape(-1, 1) - self.reward_mean) / self.reward_std
+        return torch.cat([delta, reward_n], dim=-1)
+
+    def untarget(self, obs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of :meth:`target`: (next_obs B x O, reward B)."""
+        obs_dim = obs.shape[-1]
+        next_obs = obs + target[:, :obs_dim] * self.delta_std + self.delta_mean
+        reward = target[:, obs_dim] * self.reward_std[0] + self.reward_mean[0]
+        return next_obs, reward
+
+
+class Generator(nn.Module):
+    """(normalised obs, action input, z) -> (normalised delta B x O, normalised reward B, termination logit B)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        cond_dim, target_dim = obs_dim + action_dim, obs_dim + 1
+        self.obs_dim = obs_dim
+        self.mean_net = mlp(cond_dim, config.mean_hidden, target_dim + 1)  # target mean + termination logit
+        self.residual_net = mlp(cond_dim + config.noise_dim, config.residual_hidden, target_dim)
+        self.register_buffer("residual_scale", torch.ones(target_dim))
+
+    def mean(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cond B x (O + A) -> (target mean B x T, termination logit B)."""
+        out = self.mean_net(cond)
+        return out[:, :-1], out[:, -1]
+
+    def residual(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """cond B x (O + A), noise B x Z -> the residual in units of ``residual_scale``, B x T."""
+        return self.residual_net(torch.cat([cond, noise], dim=-1))
+
+    def forward(
+        self, obs_n: torch.Tensor, action_input: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cond = torch.cat([obs_n, action_input], dim=-1)
+        mean, logit = self.mean(cond)
+        target = mean + self.residual_scale * self.residual(cond, noise)
+        return target[:, : self.obs_dim], target[:, self.obs_dim], logit
+
+
+class Discriminator(nn.Module):
+    """Critic conditioned on (s, a): (cond B x (O + A), judged residual B x T) -> B scores (logits or critic)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.net = mlp(
+            2 * obs_dim + action_dim + 1, config.disc_hidden, 1, spectral_norm=config.spectral_norm
+        )
+
+    def forward(self, cond: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([cond, judged], dim=-1)).squeeze(-1)
+
+
+class ConditionalGAN(nn.Module):
+    """The conditional GAN as a :class:`simgan.world_model.WorldModel` (raw, unnormalised tensors in and out)."""
+
+    kind = "gan"
+
+    def __init__(self, info: ModelInfo, config: ModelConfig) -> None:
+        super().__init__()
+        self.info = info
+        self.config = config
+        self.noise_dim = config.noise_dim
+        obs_dim, action_dim = info.obs_dim, info.action_input_dim
+        self.normalizer = Normalizer(obs_dim, action_dim)
+        self.generator = Generator(obs_dim, action_dim, config)
+        self.discriminator = Discriminator(obs_dim, action_dim, config)
+        # Sorted discriminator scores of real validation transitions: realism = the fraction scoring lower.
+        self.register_buffer("realism_reference", torch.zeros(0))
+
+    @property
+    def device(self) -> torch.device:
+        return self.normalizer.obs_mean.device
+
+    # ---- inputs ----------------------------------------------------------------------------------------------
+    def condition(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Raw obs B x O and action (B x act_dim, or B ints) -> normalised condition B x (O + A)."""
+        obs = torch.as_tensor(obs, device=self.device)
+        if obs.dim() != 2 or obs.shape[1] != self.info.obs_dim:
+            raise ModelShapeError(f"obs: expected shape B x {self.info.obs_dim}, got {tuple(obs.shape)}")
+        action = torch.as_tensor(action, device=self.device)
+        action_input = encode_action(action, self.info.action_space)
+        if action_input.shape != (obs.shape[0], self.info.action_input_dim):
+            raise ModelShapeError(
+                f"action: expected {obs.shape[0]} actions of width {self.info.action_input_dim}, "
+                f"got shape {tuple(action.shape)}"
+            )
+        return self.normalizer.condition(obs.to(torch.float32), action_input)
+
+    def _noise(
+        self, batch: int, noise: torch.Tensor | None, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        if noise is None:
+            return torch.randn(batch, self.noise_dim, generator=generator, device=self.device)
+        noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+        if noise.shape != (batch, self.noise_dim):
+            raise ModelShapeError(
+                f"noise: expected shape {(batch, self.noise_dim)}, got {tuple(noise.shape)}"
+            )
+        return noise
+
+    # ---- the WorldModel interface ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
+        cond = self.condition(obs, action)
+        z = self._noise(cond.shape[0], noise, generator)
+        mean, logit = self.generator.mean(cond)
+        target = mean + self.generator.residual_scale * self.generator.residual(cond, z)
+        next_obs, reward = self.normalizer.untarget(
+            torch.as_tensor(obs, dtype=torch.float32, device=self.device), target
+        )
+        return next_obs, reward, logit > 0.0
+
+    @torch.no_grad()
+    def mean(
+        self, obs: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mean head's prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B)."""
+        cond = self.condition(obs, action)
+        mean, logit = self.generator.mean(cond)
+        next_obs, reward = self.normalizer.untarget(
+            torch.as_tensor(obs, dtype=torch.float32, device=self.device), mean
+        )
+        return next_obs, reward, torch.sigmoid(logit)
+
+    def judged_residual(
+        self, cond: torch.Tensor, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """What the discriminator sees of a real transition: (target - mu) / scale, B x T."""
+        target = self.normalizer.target(obs, next_obs, reward)
+        with torch.no_grad():
+            mean, _ = self.generator.mean(cond)
+        return (target - mean) / self.generator.residual_scale
+
+    @torch.no_grad()
+    def score(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw discriminator scores of transitions, B (higher = more real)."""
+        cond = self.condition(obs, action)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
+        if next_obs.shape != obs.shape:
+            raise ModelShapeError(f"next_obs: expected shape {tuple(obs.shape)}, got {tuple(next_obs.shape)}")
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device).reshape(-1)
+        if reward.shape[0] != obs.shape[0]:
+            raise ModelShapeError(f"reward: expected {obs.shape[0]} values, got shape {tuple(reward.shape)}")
+        was_training = self.discriminator.training
+        self.discriminator.eval()  # spectral norm: no power iteration outside training
+        scores = self.discriminator(cond, self.judged_residual(cond, obs, next_obs, reward))
+        self.discriminator.train(was_training)
+        return scores
+
+    @torch.no_grad()
+    def realism(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
+        scores = self.score(obs, action, next_obs, reward)
+        reference = self.realism_reference
+        if reference.numel() == 0:
+            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
+        return (
+            torch.searchsorted(reference, scores.contiguous(), right=False).to(torch.float32)
+            / reference.numel()
+        )
+
+    @torch.no_grad()
+    def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:
+        """Store the sorted discriminator scores of real (validation) transitions as the realism reference."""
+        scores = [
+            self.score(
+                torch.as_tensor(batch.obs[i : i + chunk]),
+                torch.as_tensor(batch.action[i : i + chunk]),
+                torch.as_tensor(batch.next_obs[i : i + chunk]),
+                torch.as_tensor(batch.reward[i : i + chunk]),
+            )
+            for i in range(0, len(batch), chunk)
+        ]
+        self.realism_reference = torch.sort(torch.cat(scores)).values
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the model (weights, normaliser, residual scale, realism reference) for ``save_model``."""
+        return {name: t.detach() for name, t in self.state_dict().items()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`state_tensors` (raises :class:`SimganError` on missing or unexpected tensors)."""
+        tensors = dict(tensors)
+        if "realism_reference" in tensors:
+            self.realism_reference = torch.empty_like(tensors["realism_reference"], device=self.device)
+        try:
+            self.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise SimganError(f"model tensors do not match the stored architecture: {exc}") from exc
+
+    @classmethod
+    def from_checkpoint(cls, files: ModelFiles, device: torch.device | str = "cpu") -> ConditionalGAN:
+        """Rebuild from a model directory's contents (see :func:`simgan.checkpoint.load_model`)."""
+        from simgan.checkpoint import CheckpointError
+
+        try:
+            config = ModelConfig.from_json(files.config["model"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"model.json: cannot read the GAN's model config ({exc})") from exc
+        model = cls(files.info, config)
+        try:
+            model.load_tensors(files.tensors)
+        except SimganError as exc:
+            raise CheckpointError(f"weights: {exc}") from exc
+        return model.to(device).eval()
+
+    def to(self, *args: Any, **kwargs: Any) -> ConditionalGAN:  # type: ignore[override]
+        return super().to(*args, **kwargs)
+
+
+__all__ = [
+    "ConditionalGAN",
+    "Discriminator",
+    "Generator",
+    "ModelConfig",
+    "ModelShapeError",
+    "Normalizer",
+    "mlp",
+]

@@ -1,0 +1,107 @@
+"""The training configuration (stdlib only, so building the CLI parser does not import torch).
+
+:class:`TrainConfig` is re-exported by :mod:`simgan.train`; defaults were chosen by measurement on Pendulum-v1,
+CartPole-v1 and the multimodal benchmark envs (see the training report).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from simgan.models import ModelConfig
+
+DEFAULT_STEPS = 4000
+LOSSES = ("minimax", "nonsaturating", "wgan-gp", "hinge")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (the CLI's flags are built from these fields)."""
+
+    loss: Literal["minimax", "nonsaturating", "wgan-gp", "hinge"] = field(
+        default="wgan-gp", metadata={"help": "adversarial loss of the residual generator"}
+    )
+    steps: int | None = field(
+        default=None, metadata={"help": f"generator steps (default {DEFAULT_STEPS} unless --epochs)"}
+    )
+    epochs: float | None = field(
+        default=None, metadata={"help": "passes over the training split instead of --steps"}
+    )
+    batch_size: int = field(default=256, metadata={"help": "conditions (s, a) per step"})
+    samples_per_condition: int = field(
+        default=4, metadata={"help": "noise draws per condition (zero-mean penalty)"}
+    )
+    lr_mean: float = field(
+        default=1e-3, metadata={"help": "Adam learning rate of the mean head (regression)"}
+    )
+    lr_g: float = field(default=1e-4, metadata={"help": "Adam learning rate of the residual generator"})
+    lr_d: float = field(default=1e-4, metadata={"help": "Adam learning rate of the discriminator"})
+    n_critic: int = field(default=2, metadata={"help": "discriminator updates per generator update"})
+    gp_lambda: float = field(default=10.0, metadata={"help": "gradient-penalty weight (wgan-gp)"})
+    mean_penalty: float = field(
+        default=10.0, metadata={"help": "weight of the zero-mean penalty on the residual"}
+    )
+    scale_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the residual scale"})
+    max_grad_norm: float = field(default=100.0, metadata={"help": "gradient clipping norm (0: off)"})
+    noise_dim: int = field(default=8, metadata={"help": "noise dimension of the generator"})
+    mean_hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata={"help": "mean head hidden sizes"})
+    residual_hidden: tuple[int, ...] = field(
+        default=(128, 128), metadata={"help": "residual generator hidden sizes"}
+    )
+    disc_hidden: tuple[int, ...] = field(default=(128, 128), metadata={"help": "discriminator hidden sizes"})
+    spectral_norm: bool = field(
+        default=False, metadata={"help": "spectral normalisation in the discriminator"}
+    )
+    eval_every: int = field(default=250, metadata={"help": "steps between validation evaluations"})
+    eval_size: int = field(default=2048, metadata={"help": "validation transitions scored per evaluation"})
+    early_stop_evals: int = field(
+        default=0, metadata={"help": "stop after this many evaluations without a new best (0: never)"}
+    )
+    alarm_evals: int = field(
+        default=5, metadata={"help": "consecutive evaluations before domination / collapse is reported"}
+    )
+    figures: bool = field(
+        default=True, metadata={"help": "log a generated-vs-real figure at each evaluation"}
+    )
+    log_every: int = field(default=50, metadata={"help": "steps between TensorBoard scalar logs"})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "share of episodes held out (CLI loading)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, batches and noise"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"steps / epochs: expected at most one, got steps={self.steps} and epochs={self.epochs}"
+            )
+        for name in ("batch_size", "n_critic", "eval_every", "log_every", "noise_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.samples_per_condition < 2:
+            raise ValueError(f"samples_per_condition: expected >= 2, got {self.samples_per_condition}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {list(LOSSES)}, got {self.loss!r}")
+
+    def total_steps(self, num_train: int) -> int:
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * num_train / self.batch_size))
+        return DEFAULT_STEPS if self.steps is None else self.steps
+
+    def model_config(self) -> ModelConfig:
+        from simgan.models import ModelConfig
+
+        return ModelConfig(
+            noise_dim=self.noise_dim,
+            mean_hidden=tuple(self.mean_hidden),
+            residual_hidden=tuple(self.residual_hidden),
+            disc_hidden=tuple(self.disc_hidden),
+            spectral_norm=self.spectral_norm,
+            loss=self.loss,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

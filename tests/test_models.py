@@ -1,0 +1,140 @@
+"""ConditionalGAN as a WorldModel: shapes for Box and Discrete, noise determinism, realism calibration."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from simgan.data import TransitionBatch
+from simgan.models import ConditionalGAN, ModelConfig, ModelShapeError
+from simgan.world_model import ModelInfo, WorldModel
+
+CONFIG = ModelConfig(noise_dim=3, mean_hidden=(16, 16), residual_hidden=(16,), disc_hidden=(16,))
+
+
+def make_info(action_space: gym.Space, obs_dim: int = 3) -> ModelInfo:
+    return ModelInfo(
+        env_id="Test-v0",
+        env_kwargs={},
+        observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
+        action_space=action_space,
+        max_episode_steps=50,
+        initial_states=np.zeros((2, obs_dim), np.float32),
+        state_low=-np.ones(obs_dim, np.float32),
+        state_high=np.ones(obs_dim, np.float32),
+        dataset_sha256="0" * 64,
+    )
+
+
+def random_batch(info: ModelInfo, n: int, seed: int = 0) -> TransitionBatch:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, info.obs_dim)).astype(np.float32)
+    if info.is_discrete:
+        action = rng.integers(0, info.action_space.n, size=n).astype(np.int64)
+    else:
+        action = rng.uniform(-2, 2, size=(n, info.action_space.shape[0])).astype(np.float32)
+    return TransitionBatch(
+        obs=obs,
+        action=action,
+        next_obs=(obs + 0.1 * rng.normal(size=obs.shape)).astype(np.float32),
+        reward=rng.normal(size=n).astype(np.float32),
+        terminated=rng.random(n) < 0.1,
+        truncated=np.zeros(n, bool),
+        episode=np.arange(n, dtype=np.int64),
+        step=np.zeros(n, np.int64),
+    )
+
+
+SPACES = {
+    "box": gym.spaces.Box(-2.0, 2.0, (2,), np.float32),
+    "discrete": gym.spaces.Discrete(3),
+}
+
+
+@pytest.fixture(params=sorted(SPACES))
+def model_and_batch(request) -> tuple[ConditionalGAN, TransitionBatch]:
+    torch.manual_seed(0)
+    info = make_info(SPACES[request.param])
+    batch = random_batch(info, 64)
+    model = ConditionalGAN(info, CONFIG)
+    model.normalizer.fit(batch, info)
+    return model, batch
+
+
+def tensors(batch: TransitionBatch) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(a) for a in (batch.obs, batch.action, batch.next_obs, batch.reward))
+
+
+def test_is_a_world_model_with_batched_shapes(model_and_batch) -> None:
+    model, batch = model_and_batch
+    assert isinstance(model, WorldModel)
+    obs, action, _, _ = tensors(batch)
+    next_obs, reward, terminated = model.sample(obs, action, generator=torch.Generator().manual_seed(0))
+    assert next_obs.shape == (64, 3) and next_obs.dtype == torch.float32
+    assert reward.shape == (64,) and reward.dtype == torch.float32
+    assert terminated.shape == (64,) and terminated.dtype == torch.bool
+    mean_obs, mean_reward, p_done = model.mean(obs, action)
+    assert mean_obs.shape == (64, 3) and mean_reward.shape == (64,) and p_done.shape == (64,)
+    assert bool(((p_done >= 0) & (p_done <= 1)).all())
+
+
+def test_noise_fixes_the_sample(model_and_batch) -> None:
+    model, batch = model_and_batch
+    obs, action, _, _ = tensors(batch)
+    noise = torch.randn(64, CONFIG.noise_dim, generator=torch.Generator().manual_seed(1))
+    first = model.sample(obs, action, noise=noise)
+    second = model.sample(obs, action, noise=noise.clone())
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    other = model.sample(obs, action, noise=torch.randn(64, CONFIG.noise_dim))
+    assert not torch.equal(first[0], other[0])
+    # A seeded generator gives the same sample as the noise it draws.
+    drawn = torch.randn(64, CONFIG.noise_dim, generator=torch.Generator().manual_seed(5))
+    from_generator = model.sample(obs, action, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(from_generator[0], model.sample(obs, action, noise=drawn)[0])
+
+
+def test_realism_is_calibrated_to_unit_interval(model_and_batch) -> None:
+    model, batch = model_and_batch
+    model.calibrate_realism(batch)
+    assert model.realism_reference.shape == (64,)
+    obs, action, next_obs, reward = tensors(batch)
+    realism = model.realism(obs, action, next_obs, reward)
+    assert realism.shape == (64,)
+    assert bool(((realism >= 0) & (realism <= 1)).all())
+    # On the calibration transitions themselves the ranks are spread uniformly over [0, 1).
+    assert sorted(realism.tolist()) == pytest.approx([i / 64 for i in range(64)])
+    absurd = model.realism(obs, action, next_obs + 1e4, reward)
+    assert bool(((absurd >= 0) & (absurd <= 1)).all())
+
+
+def test_bad_shapes_say_what_was_expected(model_and_batch) -> None:
+    model, batch = model_and_batch
+    obs, action, next_obs, reward = tensors(batch)
+    with pytest.raises(ModelShapeError, match=r"noise: expected shape \(64, 3\)"):
+        model.sample(obs, action, noise=torch.zeros(64, 5))
+    with pytest.raises(ModelShapeError, match="obs: expected shape B x 3"):
+        model.sample(obs[:, :2], action)
+    with pytest.raises(ModelShapeError, match="next_obs"):
+        model.realism(obs, action, next_obs[:, :2], reward)
+
+
+def test_discrete_actions_are_one_hot() -> None:
+    info = make_info(gym.spaces.Discrete(3, start=1))
+    model = ConditionalGAN(info, CONFIG)
+    cond = model.condition(torch.zeros(2, 3), torch.tensor([1, 3]))
+    assert cond[:, 3:].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+def test_normalizer_leaves_constant_columns_unscaled() -> None:
+    info = make_info(SPACES["box"])
+    batch = random_batch(info, 32)
+    batch = TransitionBatch(**{**batch.arrays(), "reward": np.ones(32, np.float32)})  # CartPole-like reward
+    model = ConditionalGAN(info, CONFIG)
+    model.normalizer.fit(batch, info)
+    assert float(model.normalizer.reward_std) == 1.0 and float(model.normalizer.reward_mean) == 1.0
+    target = model.normalizer.target(*(torch.as_tensor(a) for a in (batch.obs, batch.next_obs, batch.reward)))
+    assert torch.allclose(target[:, -1], torch.zeros(32))
+    assert torch.allclose(target[:, :3].mean(0), torch.zeros(3), atol=1e-5)
