@@ -229,3 +229,21 @@ def test_vector_wrappers_record_episode_statistics_and_normalize_observation():
             lengths.extend(infos["episode"]["l"][infos["_episode"]].tolist())
     assert lengths == [5] * 8  # two full episodes per sub-env; autoreset steps are not counted
     assert np.isfinite(obs).all()
+
+
+def test_runs_a_gaussian_ensemble_from_its_model_directory(tmp_path):
+    """Both model kinds work: a tiny, freshly initialised GaussianEnsemble, saved and loaded by path."""
+    from worldmodels import linear_info
+
+    from simgan.ensemble import EnsembleConfig, GaussianEnsemble
+
+    model = GaussianEnsemble(linear_info(), EnsembleConfig(members=2, elites=2, hidden=(8,), progress=False))
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    model.realism_reference = torch.sort(torch.randn(64)).values
+    model.save(tmp_path)
+    envs = gym.make_vec("simgan/Sim-v0", num_envs=8, vectorization_mode="vector_entry_point", model=tmp_path)
+    envs.reset(seed=0)
+    for _ in range(5):
+        obs, rewards, _, _, infos = envs.step(envs.action_space.sample())
+        assert np.isfinite(obs).all() and np.isfinite(rewards).all()
+        assert ((infos["realism"] >= 0) & (infos["realism"] <= 1)).all()
