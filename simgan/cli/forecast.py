@@ -1,0 +1,95 @@
+"""``simgan forecast``: sample many futures from given states and draw fan charts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from simgan.errors import SimganError
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory written by `simgan train`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--state", help='one start state as a JSON list, e.g. "[1.0, 0.0, 0.2]"')
+    source.add_argument(
+        "--states-from",
+        metavar="DATA",
+        help="a dataset directory: start from its validation episodes' first states",
+    )
+    parser.add_argument("--num-states", type=int, default=4, help="with --states-from: how many start states")
+    parser.add_argument("--horizon", type=int, default=50, help="steps per future")
+    parser.add_argument("--samples", type=int, default=1000, help="futures per start state")
+    parser.add_argument(
+        "--policy", default="random", help="'random' (uniform actions) or a saved agent directory"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model noise and the random policy")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--max-memory", type=float, default=512, help="MiB of working memory; bigger requests run in chunks"
+    )
+    parser.add_argument(
+        "--no-realism", action="store_true", help="skip the realism score of each step (faster)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="directory for forecast.npz, forecast.json and fan-chart PNGs"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from simgan.checkpoint import load_model
+    from simgan.forecast import fan_chart, forecast, summary_table
+
+    model = load_model(args.model, device=args.device)
+    if args.state is not None:
+        try:
+            states = np.asarray(json.loads(args.state), dtype=np.float32)
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise SimganError(
+                f"--state: expected a JSON list of {model.info.obs_dim} numbers, got {args.state!r}"
+            ) from exc
+    else:
+        from simgan.data import load_dataset
+
+        dataset = load_dataset(args.states_from)
+        starts = dataset.validation.obs[dataset.validation.step == 0]
+        if len(starts) == 0:
+            starts = dataset.initial_states()
+        states = starts[: max(1, args.num_states)]
+    policy = None
+    if args.policy != "random":
+        policy = load_policy(args.policy, model.info.observation_space, model.info.action_space)
+    result = forecast(
+        model,
+        states,
+        policy=policy,
+        horizon=args.horizon,
+        num_samples=args.samples,
+        seed=args.seed,
+        compute_realism=not args.no_realism,
+        max_memory=int(args.max_memory * 2**20),
+        progress=True,
+    )
+    print(summary_table(result))
+    if args.out:
+        out = Path(args.out)
+        result.save(out)
+        for b in range(result.shape[0]):
+            fan_chart(result, out / f"fan_state{b}.png", state_index=b)
+        print(f"wrote {out / 'forecast.npz'}, {out / 'forecast.json'} and {result.shape[0]} fan chart(s)")
+    return 0
+
+
+def load_policy(path: str, observation_space, action_space):
+    """A saved agent (agents.load_agent) as a batched callable obs -> action, spaces checked."""
+    if not Path(path).is_dir():
+        raise SimganError(
+            f"--policy: expected 'random' or a saved agent directory, got {path!r} (not a directory)"
+        )
+    from agents import load_agent
+
+    agent = load_agent(path, observation_space=observation_space, action_space=action_space, device="cpu")
+    return lambda obs: agent.act(obs, deterministic=False)

@@ -1,0 +1,407 @@
+"""Forecasting: from given states, roll N sampled futures per state through a learned model.
+
+    forecast = simgan.forecast(model, states, policy=agent, horizon=50, num_samples=1000, seed=0)
+    forecast.quantiles()                 # Q x B x H x obs_dim, over the branches still alive at each step
+    forecast.termination_probability()   # B x H: P(terminated by step t)
+    forecast.returns                     # B x N
+
+All B x N branches advance together in one batched model step (in chunks bounded by ``max_memory``), on the
+model's device. A branch that terminates stops: later steps repeat its final state, add no reward, and are left
+out of every per-step statistic (``alive`` marks the live steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from simgan.errors import SimganError
+from simgan.fsutil import atomic_write_bytes, atomic_write_json
+from simgan.world_model import WorldModel
+
+DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of forecast output (and model work) held at once
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
+
+
+class ForecastError(SimganError, ValueError):
+    """A forecast request that cannot be served (bad states, plan, policy output, sizes)."""
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """N sampled futures from each of B start states over H steps.
+
+    Attributes:
+        start_states: B x obs_dim.
+        observations: B x N x H x obs_dim, the state after each step (frozen after termination).
+        actions: B x N x H x act_dim (Box) or B x N x H (Discrete).
+        rewards: B x N x H (0 after termination).
+        terminated: B x N x H, True at the step where a branch terminated.
+        alive: B x N x H, True where the branch was live when the step was taken.
+        realism: B x N x H, the model's calibrated realism score of each step (NaN where not alive or not
+            computed).
+    """
+
+    start_states: np.ndarray
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    alive: np.ndarray
+    realism: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(B, N, H)."""
+        return self.rewards.shape  # type: ignore[return-value]
+
+    @property
+    def returns(self) -> np.ndarray:
+        """B x N undiscounted returns of each branch."""
+        return self.rewards.sum(axis=2)
+
+    def live_counts(self) -> np.ndarray:
+        """B x H: how many branches were live at each step."""
+        return self.alive.sum(axis=1)
+
+    def termination_probability(self) -> np.ndarray:
+        """B x H: share of branches that have terminated by (and including) step t."""
+        return np.cumsum(self.terminated, axis=2).clip(max=1).mean(axis=1)
+
+    def quantiles(self, q: tuple[float, ...] = DEFAULT_QUANTILES) -> np.ndarray:
+        """Q x B x H x obs_dim per-step quantiles over live branches (NaN where no branch is live)."""
+        masked = np.where(self.alive[..., None], self.observations, np.nan)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices once every branch ended
+                return np.nanquantile(masked, q, axis=1)
+
+    def realism_flags(self, threshold: float) -> np.ndarray:
+        """B x N: True for branches with any live step judged less realistic than ``threshold``."""
+        return np.nan_to_num(self.realism, nan=1.0).__lt__(threshold).any(axis=2)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able summary: return distribution, termination and live counts per start state."""
+        returns = self.returns
+        q = np.quantile(returns, DEFAULT_QUANTILES, axis=1)
+        per_state = []
+        for b in range(self.shape[0]):
+            per_state.append(
+                {
+                    "start_state": self.start_states[b].tolist(),
+                    "return_mean": float(returns[b].mean()),
+                    "return_std": float(returns[b].std()),
+                    "return_quantiles": {str(p): float(v) for p, v in zip(DEFAULT_QUANTILES, q[:, b])},
+                    "termination_probability_final": float(self.termination_probability()[b, -1]),
+                    "live_final": int(self.live_counts()[b, -1]),
+                    "realism_mean": float(np.nanmean(self.realism[b]))
+                    if np.isfinite(self.realism[b]).any()
+                    else None,
+                }
+            )
+        batch, samples, horizon = self.shape
+        return {"num_states": batch, "num_samples": samples, "horizon": horizon, "states": per_state}
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``forecast.npz`` (all arrays, no pickle) and ``forecast.json`` (summary) atomically."""
+        import io
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+        atomic_write_bytes(directory / "forecast.npz", buffer.getvalue())
+        atomic_write_json(directory / "forecast.json", self.summary())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Forecast:
+        with np.load(Path(directory) / "forecast.npz", allow_pickle=False) as npz:
+            return cls(**{k: npz[k] for k in cls.__dataclass_fields__})
+
+
+def forecast(
+    model: WorldModel,
+    states: np.ndarray,
+    *,
+    policy: PolicyFn | None = None,
+    actions: np.ndarray | None = None,
+    horizon: int,
+    num_samples: int,
+    seed: int = 0,
+    noise: np.ndarray | None = None,
+    compute_realism: bool = True,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    progress: bool = False,
+) -> Forecast:
+    """Sample ``num_samples`` futures of ``horizon`` steps from each start state.
+
+    Args:
+        model: a WorldModel (``simgan.load_model(RUN)``).
+        states: obs_dim or B x obs_dim start states.
+        policy: callable ``obs_batch (M x obs_dim) -> action_batch`` (e.g. a saved agent); closed loop.
+        actions: an open-loop plan, H x act_dim (shared by all states) or B x H x act_dim (H or B x H for
+            Discrete actions). With neither ``policy`` nor ``actions``, actions are uniform random (seeded).
+        horizon: H > 0 steps.
+        num_samples: N > 0 branches per state.
+        seed: seeds the model noise and the random policy; same seed (and ``max_memory``) -> same forecast.
+        noise: optional fixed model noise, broadcastable to B x N x H x noise_dim.
+        compute_realism: score every step with ``model.realism`` (costs a second network pass).
+        max_memory: bound in bytes on the working set; larger requests are processed in chunks of branches.
+        progress: show a progress bar over chunks.
+
+    Returns:
+        A :class:`Forecast`.
+    """
+    space = model.info.action_space
+    obs_dim = model.info.obs_dim
+    start = _check_states(states, obs_dim)
+    batch = len(start)
+    horizon = _check_positive_int(horizon, "horizon")
+    num_samples = _check_positive_int(num_samples, "num_samples")
+    if policy is not None and actions is not None:
+        raise ForecastError("give either a policy (closed loop) or an actions plan (open loop), not both")
+    plan = None if actions is None else _check_plan(actions, batch, horizon, space)
+    fixed_noise = None
+    if noise is not None:
+        try:
+            fixed_noise = np.broadcast_to(
+                np.asarray(noise, np.float32), (batch, num_samples, horizon, model.noise_dim)
+            )
+        except ValueError as exc:
+            raise ForecastError(
+                f"noise: expected an array broadcastable to {(batch, num_samples, horizon, model.noise_dim)}, "
+                f"got shape {np.shape(noise)}"
+            ) from exc
+
+    act_shape = () if isinstance(space, gym.spaces.Discrete) else tuple(space.shape)
+    out = _allocate(batch, num_samples, horizon, obs_dim, act_shape, space)
+    rows_per_chunk = _rows_per_chunk(max_memory, horizon, obs_dim, act_shape, model.noise_dim)
+    total_rows = batch * num_samples
+    device = model.device
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    chunks = range(0, total_rows, rows_per_chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="forecast", unit="chunk")
+
+    for lo in chunks:
+        hi = min(lo + rows_per_chunk, total_rows)
+        rows = np.arange(lo, hi)
+        b_idx, n_idx = rows // num_samples, rows % num_samples  # branch (b, n) of each row
+        obs = torch.as_tensor(start[b_idx], device=device)  # M x obs_dim
+        live = torch.ones(len(rows), dtype=torch.bool, device=device)
+        for t in range(horizon):
+            # ---- actions for this step: plan, policy, or uniform random ---------------------------------------
+            if plan is not None:
+                action_np = plan[b_idx, t]
+            elif policy is not None:
+                action_np = _check_policy_output(policy(obs.cpu().numpy()), len(rows), space)
+            else:
+                action_np = _random_actions(space, len(rows), rng)
+            action = torch.as_tensor(action_np, device=device)
+            step_noise = (
+                None if fixed_noise is None else torch.as_tensor(fixed_noise[b_idx, n_idx, t], device=device)
+            )
+            # ---- one batched model step for all M rows --------------------------------------------------------
+            with torch.inference_mode():
+                next_obs, reward, terminated = model.sample(
+                    obs, action, noise=step_noise, generator=generator
+                )
+                score = model.realism(obs, action, next_obs, reward) if compute_realism else None
+            next_obs = torch.where(live[:, None], next_obs, obs)  # ended branches keep their final state
+            out["alive"][b_idx, n_idx, t] = live.cpu().numpy()
+            out["observations"][b_idx, n_idx, t] = next_obs.cpu().numpy()
+            out["actions"][b_idx, n_idx, t] = action_np
+            out["rewards"][b_idx, n_idx, t] = torch.where(live, reward, 0.0).cpu().numpy()
+            out["terminated"][b_idx, n_idx, t] = (live & terminated).cpu().numpy()
+            if score is not None:
+                out["realism"][b_idx, n_idx, t] = torch.where(live, score, torch.nan).cpu().numpy()
+            live = live & ~terminated
+            obs = next_obs
+    return Forecast(start_states=start, **out)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Input checks and helpers
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ForecastError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_states(states: Any, obs_dim: int) -> np.ndarray:
+    arr = np.asarray(states, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != obs_dim or len(arr) == 0:
+        raise ForecastError(f"states: expected shape ({obs_dim},) or (B, {obs_dim}), got {np.shape(states)}")
+    if not np.isfinite(arr).all():
+        raise ForecastError("states: expected finite values, got NaN or inf")
+    return arr
+
+
+def _check_plan(actions: Any, batch: int, horizon: int, space: gym.Space) -> np.ndarray:
+    discrete = isinstance(space, gym.spaces.Discrete)
+    per_step = () if discrete else tuple(space.shape)
+    arr = np.asarray(actions)
+    shared = (horizon, *per_step)
+    if arr.shape == shared:
+        arr = np.broadcast_to(arr, (batch, *shared))
+    if arr.shape != (batch, *shared):
+        raise ForecastError(
+            f"actions: expected shape {shared} or {(batch, *shared)}, got {np.shape(actions)}"
+        )
+    return _check_actions(arr, space, "actions")
+
+
+def _check_policy_output(action: Any, rows: int, space: gym.Space) -> np.ndarray:
+    per_step = () if isinstance(space, gym.spaces.Discrete) else tuple(space.shape)
+    arr = np.asarray(action)
+    if arr.shape != (rows, *per_step):
+        raise ForecastError(f"policy returned actions of shape {arr.shape}, expected {(rows, *per_step)}")
+    return _check_actions(arr, space, "policy actions")
+
+
+def _check_actions(arr: np.ndarray, space: gym.Space, what: str) -> np.ndarray:
+    if isinstance(space, gym.spaces.Discrete):
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ForecastError(f"{what}: expected integer actions for {space}, got dtype {arr.dtype}")
+        lo, hi = int(space.start), int(space.start + space.n - 1)
+        if arr.min() < lo or arr.max() > hi:
+            raise ForecastError(f"{what}: expected values in [{lo}, {hi}], got [{arr.min()}, {arr.max()}]")
+        return arr.astype(np.int64)
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ForecastError(f"{what}: expected finite values, got NaN or inf")
+    if (arr < space.low - 1e-6).any() or (arr > space.high + 1e-6).any():
+        raise ForecastError(
+            f"{what}: expected values within the action bounds [{space.low.tolist()}, {space.high.tolist()}], "
+            f"got range [{arr.min():.4g}, {arr.max():.4g}]"
+        )
+    return arr
+
+
+def _random_actions(space: gym.Space, rows: int, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(space, gym.spaces.Discrete):
+        return rng.integers(space.start, space.start + space.n, size=rows, dtype=np.int64)
+    return rng.uniform(space.low, space.high, size=(rows, *space.shape)).astype(np.float32)
+
+
+def _allocate(
+    batch: int, samples: int, horizon: int, obs_dim: int, act_shape: tuple, space: gym.Space
+) -> dict:
+    act_dtype = np.int64 if isinstance(space, gym.spaces.Discrete) else np.float32
+    return {
+        "observations": np.zeros((batch, samples, horizon, obs_dim), np.float32),
+        "actions": np.zeros((batch, samples, horizon, *act_shape), act_dtype),
+        "rewards": np.zeros((batch, samples, horizon), np.float32),
+        "terminated": np.zeros((batch, samples, horizon), bool),
+        "alive": np.zeros((batch, samples, horizon), bool),
+        "realism": np.full((batch, samples, horizon), np.nan, np.float32),
+    }
+
+
+def _rows_per_chunk(max_memory: int, horizon: int, obs_dim: int, act_shape: tuple, noise_dim: int) -> int:
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
+        raise ForecastError(f"max_memory: expected a positive number of bytes, got {max_memory!r}")
+    # Working set per row and step: model activations dominate (a few KB per row for 256-wide MLPs).
+    act_dim = int(np.prod(act_shape)) if act_shape else 1
+    per_row = 4 * (8 * obs_dim + 2 * act_dim + noise_dim + 4 * 256 + 8)
+    return max(1, min(1 << 20, int(max_memory // per_row)))
+
+
+def fan_chart(
+    result: Forecast, path: str | Path, *, state_index: int = 0, dim_names: list[str] | None = None
+) -> None:
+    """Write a PNG fan chart: median and 10-90 / 25-75 % bands per state dimension over time, live-branch
+    counts, and a histogram of returns, for one start state."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q = result.quantiles((0.1, 0.25, 0.5, 0.75, 0.9))[:, state_index]  # 5 x H x obs_dim
+    obs_dim = q.shape[-1]
+    horizon = q.shape[1]
+    t = np.arange(1, horizon + 1)
+    cols = min(3, obs_dim + 1)
+    rows = math.ceil((obs_dim + 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for d in range(obs_dim):
+        ax = axes.flat[d]
+        start = result.start_states[state_index, d]
+        ax.fill_between(
+            np.r_[0, t],
+            np.r_[start, q[0, :, d]],
+            np.r_[start, q[4, :, d]],
+            alpha=0.25,
+            color="C0",
+            label="10-90 %",
+        )
+        ax.fill_between(
+            np.r_[0, t],
+            np.r_[start, q[1, :, d]],
+            np.r_[start, q[3, :, d]],
+            alpha=0.45,
+            color="C0",
+            label="25-75 %",
+        )
+        ax.plot(np.r_[0, t], np.r_[start, q[2, :, d]], color="C0", lw=1.8, label="median")
+        ax.set_title(dim_names[d] if dim_names else f"obs[{d}]")
+        ax.set_xlabel("step")
+        if d == 0:
+            ax.legend(fontsize=7, loc="best")
+    ax = axes.flat[obs_dim]
+    ax.hist(result.returns[state_index], bins=40, color="C1", alpha=0.8)
+    ax.set_title(f"returns (N={result.shape[1]})")
+    ax.set_xlabel("return")
+    for extra in list(axes.flat)[obs_dim + 1 :]:
+        extra.axis("off")
+    live = result.live_counts()[state_index]
+    fig.suptitle(
+        f"forecast from state {state_index}: {result.shape[1]} futures x {horizon} steps "
+        f"(live at end: {live[-1]})"
+    )
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def summary_table(result: Forecast) -> str:
+    """A printable table: one row per start state."""
+    summary = result.summary()
+    lines = [
+        f"{'state':>5} {'return mean':>12} {'std':>9} {'p10':>10} {'p50':>10} {'p90':>10} {'P(term)':>8} {'live':>6}"
+    ]
+    for b, s in enumerate(summary["states"]):
+        rq = s["return_quantiles"]
+        lines.append(
+            f"{b:>5} {s['return_mean']:>12.3f} {s['return_std']:>9.3f} {rq['0.1']:>10.3f} {rq['0.5']:>10.3f} "
+            f"{rq['0.9']:>10.3f} {s['termination_probability_final']:>8.3f} {s['live_final']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def dumps_summary(result: Forecast) -> str:
+    return json.dumps(result.summary(), indent=2)
