@@ -36,7 +36,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        tp, optional = _unwrap_optional(hints[f.name])
+        tp, _ = _unwrap_optional(hints[f.name])
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
@@ -50,10 +50,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
             kwargs["nargs"] = "+"
         else:
             kwargs["type"] = tp
-        suffix = f" (default: {default})" if default is not None else ""
-        if optional:
-            suffix = f" (default: {default}; optional)"
-        parser.add_argument(flag, help=help_text + suffix, metavar=f.metadata.get("metavar"), **kwargs)
+        # The CLI's ArgumentDefaultsHelpFormatter appends "(default: ...)" to every flag's help.
+        parser.add_argument(flag, help=help_text, metavar=f.metadata.get("metavar"), **kwargs)
 
 
 def dataclass_from_namespace(cls: type, namespace: argparse.Namespace, **overrides: Any):
