@@ -31,7 +31,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from simgan.sim_env import (
+from simgan.sim_batch import (
     RESET_OPTIONS,
     BatchSimulator,
     InitialStates,

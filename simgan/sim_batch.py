@@ -1,0 +1,357 @@
+"""The batched engine behind SimEnv and SimVectorEnv: B sub-env states, noise streams and checks on one device.
+
+Per step, on the model's device (B sub-envs, D = obs_dim)::
+
+    noise (B x noise_dim) -> model.sample(obs, action, noise) -> next_obs, reward, terminated
+    reward_fn / termination_fn replace the learned ones when given
+    realism = model.realism(...)            -> info["realism"], below realism_threshold -> truncated
+    next_obs outside the data range +margin -> info["out_of_support"], truncated
+    non-finite model output                 -> info["non_finite"], truncated, last finite obs kept
+    step count reaches max_episode_steps    -> truncated
+
+Observations are clipped to the observation space (a real env never leaves it). Nothing in
+:meth:`BatchSimulator.step` copies to the host, so the vector env's torch mode never synchronises per step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from simgan.world_model import WorldModel
+
+# reward_fn(obs B x D, action, next_obs B x D) -> B floats; termination_fn(...) -> B bools. torch in, torch out.
+TransitionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+InitialStates = str | np.ndarray | Callable[[np.random.Generator], np.ndarray]
+STAT_NAMES = ("steps", "unrealistic", "out_of_support", "non_finite")
+RESET_OPTIONS = ("state", "noise", "reset_mask")
+
+
+def resolve_model(model: WorldModel | str | os.PathLike, device: str | torch.device) -> WorldModel:
+    """A model object (moved to ``device`` unless ``device="auto"``) or a model directory loaded onto it."""
+    from simgan.device import resolve_device
+
+    if isinstance(model, (str, os.PathLike)):
+        from simgan.checkpoint import load_model
+
+        return load_model(model, resolve_device(device))
+    if not isinstance(model, WorldModel):
+        raise TypeError(f"model: expected a WorldModel or a model directory path, got {type(model).__name__}")
+    # "auto" keeps a model object where the caller put it; an explicit device moves it.
+    return model if device == "auto" else model.to(resolve_device(device))
+
+
+def validate_numpy_action(action: Any, space: gym.Space, batch_shape: tuple[int, ...]) -> np.ndarray:
+    """Check an action (batch) on the host and return it as an array of shape ``batch_shape + space.shape``.
+
+    Raises ``ValueError`` (never ``assert``: this must hold under ``python -O``) for a wrong shape or dtype,
+    NaN/inf, or values outside the action space, naming the expected bounds and the offending values.
+    """
+    arr = np.asarray(action)
+    expected_shape = batch_shape + tuple(space.shape)
+    if arr.shape != expected_shape:
+        raise ValueError(f"action: expected shape {expected_shape}, got {arr.shape}")
+    if isinstance(space, gym.spaces.Discrete):
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"action: expected an integer dtype for {space}, got {arr.dtype}")
+        low, high = int(space.start), int(space.start + space.n - 1)
+        bad = (arr < low) | (arr > high)
+        if bad.any():
+            raise ValueError(
+                f"action out of bounds: expected integers in [{low}, {high}], got {arr[bad][:5].tolist()} "
+                f"at index {np.argwhere(bad)[:5].tolist()}"
+            )
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"action: expected a float (or integer) dtype for {space}, got {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        bad = ~np.isfinite(arr)
+        raise ValueError(
+            f"action: expected finite values, got {arr[bad][:5].tolist()} at {np.argwhere(bad)[:5].tolist()}"
+        )
+    bad = (arr < space.low) | (arr > space.high)
+    if bad.any():
+        where = np.argwhere(bad)[:5]
+        raise ValueError(
+            f"action out of bounds: expected values in [low, high] with low={space.low.tolist()}, "
+            f"high={space.high.tolist()}, got {arr[bad][:5].tolist()} at index {where.tolist()}"
+        )
+    return arr.astype(np.float32)
+
+
+class BatchSimulator:
+    """The engine behind SimEnv and SimVectorEnv: B sub-env states, noise streams and checks on one device.
+
+    Everything here is torch on ``model.device``; nothing in :meth:`step` copies to the host, so the vector
+    env's torch mode can run a GPU training loop without synchronising per step.
+    """
+
+    def __init__(
+        self,
+        model: WorldModel,
+        num_envs: int,
+        *,
+        initial_states: InitialStates,
+        max_episode_steps: int | None,
+        reward_fn: TransitionFn | None,
+        termination_fn: TransitionFn | None,
+        realism_threshold: float | None,
+        support_margin: float,
+        compute_realism: bool,
+    ) -> None:
+        info = model.info
+        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
+            raise ValueError(f"num_envs: expected a positive int, got {num_envs!r}")
+        if max_episode_steps is not None and (
+            not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
+        ):
+            raise ValueError(f"max_episode_steps: expected a positive int or None, got {max_episode_steps!r}")
+        if realism_threshold is not None and not 0.0 <= float(realism_threshold) <= 1.0:
+            raise ValueError(
+                f"realism_threshold: expected a float in [0, 1] or None, got {realism_threshold!r}"
+            )
+        if realism_threshold is not None and not compute_realism:
+            raise ValueError(
+                "realism_threshold: expected compute_realism=True when a threshold is set, got False"
+            )
+        if not float(support_margin) >= 0.0:
+            raise ValueError(f"support_margin: expected a float >= 0, got {support_margin!r}")
+        self.model = model
+        self.device = model.device
+        self.num_envs = int(num_envs)
+        self.obs_dim = info.obs_dim
+        self.noise_dim = int(model.noise_dim)
+        self.action_space = info.action_space
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self.reward_fn, self.termination_fn = reward_fn, termination_fn
+        self.realism_threshold = None if realism_threshold is None else float(realism_threshold)
+        self.compute_realism = compute_realism
+
+        def as_tensor(x: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
+
+        low, high = info.state_low.astype(np.float64), info.state_high.astype(np.float64)
+        margin = float(support_margin) * (high - low)
+        self.support_low, self.support_high = as_tensor(low - margin), as_tensor(high + margin)
+        self.obs_low, self.obs_high = (
+            as_tensor(info.observation_space.low),
+            as_tensor(info.observation_space.high),
+        )
+        if isinstance(self.action_space, gym.spaces.Box):
+            self.act_low, self.act_high = as_tensor(self.action_space.low), as_tensor(self.action_space.high)
+        self.initial_fn: Callable[[np.random.Generator], np.ndarray] | None = None
+        self.initial_table: torch.Tensor | None = None
+        if callable(initial_states):
+            self.initial_fn = initial_states
+        else:
+            table = (
+                info.initial_states
+                if isinstance(initial_states, str) and initial_states == "dataset"
+                else initial_states
+            )
+            if isinstance(table, str):
+                raise ValueError(f"initial_states: expected 'dataset', an array or a callable, got {table!r}")
+            table = np.asarray(table, dtype=np.float32)
+            table = table[None] if table.ndim == 1 else table
+            if table.ndim != 2 or table.shape[1] != self.obs_dim or len(table) == 0:
+                raise ValueError(
+                    f"initial_states: expected an array of shape (N, {self.obs_dim}) with N >= 1, got {table.shape}"
+                )
+            self.initial_table = self.check_states(table, "initial_states")
+
+        self.generator = torch.Generator(device=self.device)
+        self.obs = torch.zeros(self.num_envs, self.obs_dim, device=self.device)
+        self.steps = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        self.counts = torch.zeros(len(STAT_NAMES), dtype=torch.int64, device=self.device)
+        self.fixed_noise = torch.zeros(self.num_envs, self.noise_dim, device=self.device)
+        self.fixed_mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.any_fixed = False
+        self.row_generators: dict[int, torch.Generator] = {}
+
+    # ---- start states -------------------------------------------------------------------------------------
+    def check_states(self, states: Any, what: str = "state") -> torch.Tensor:
+        """n x D float32 tensor of finite states inside the observation space, else ``ValueError``."""
+        arr = states.detach().to("cpu").numpy() if isinstance(states, torch.Tensor) else np.asarray(states)
+        arr = arr.astype(np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{what}: expected finite values, got {arr[~np.isfinite(arr)][:5].tolist()}")
+        space = self.model.info.observation_space
+        if np.any(arr < space.low) or np.any(arr > space.high):
+            raise ValueError(
+                f"{what}: expected values inside the observation space {space}, got {arr.tolist()[:3]}..."
+            )
+        return torch.as_tensor(arr, device=self.device)
+
+    def draw_initial(self, n: int, np_rng: np.random.Generator) -> torch.Tensor:
+        """n x D start states: rows of the initial-state table (drawn with the torch generator) or callable draws."""
+        if self.initial_fn is not None:
+            drawn = []
+            for _ in range(n):
+                state = np.asarray(self.initial_fn(np_rng), dtype=np.float32)
+                if state.shape != (self.obs_dim,):
+                    raise ValueError(
+                        f"initial_states callable: expected state of shape ({self.obs_dim},), got {state.shape}"
+                    )
+                drawn.append(state)
+            return self.check_states(np.stack(drawn), "initial_states callable")
+        assert self.initial_table is not None
+        index = torch.randint(len(self.initial_table), (n,), generator=self.generator, device=self.device)
+        return self.initial_table[index]
+
+    # ---- noise --------------------------------------------------------------------------------------------
+    def set_noise(self, rows: torch.Tensor, option: Any) -> None:
+        """Noise mode for ``rows`` (1-D long tensor of sub-env indices) until their next explicit reset.
+
+        ``None``: fresh noise every step from the env's generator. ``int`` (or one int per row): a
+        per-sub-env ``torch.Generator`` with that seed (a single int ``s`` gives row k the seed ``s + k``).
+        ``"fixed"``: one draw now, reused every step. Array/tensor (noise_dim,) or (len(rows), noise_dim):
+        that noise, every step.
+        """
+        row_list = rows.tolist()
+        for row in row_list:
+            self.row_generators.pop(row, None)
+        self.fixed_mask[rows] = False
+        if option is None:
+            pass
+        elif isinstance(option, str):
+            if option != "fixed":
+                raise ValueError(
+                    f"options['noise']: expected None, 'fixed', an int seed or an array, got {option!r}"
+                )
+            self.fixed_noise[rows] = torch.randn(
+                len(row_list), self.noise_dim, generator=self.generator, device=self.device
+            )
+            self.fixed_mask[rows] = True
+        elif _is_int(option) or (
+            isinstance(option, Sequence) and len(option) > 0 and all(_is_int(s) for s in option)
+        ):
+            seeds = (
+                [int(option) + k for k in range(len(row_list))]
+                if _is_int(option)
+                else [int(s) for s in option]
+            )
+            if len(seeds) != len(row_list):
+                raise ValueError(
+                    f"options['noise']: expected {len(row_list)} seeds (one per reset sub-env), got {len(seeds)}"
+                )
+            for row, seed in zip(row_list, seeds):
+                self.row_generators[row] = torch.Generator(device=self.device).manual_seed(seed)
+        else:
+            noise = torch.as_tensor(option, dtype=torch.float32).to(self.device)
+            if noise.shape == (self.noise_dim,):
+                noise = noise.expand(len(row_list), self.noise_dim)
+            if noise.shape != (len(row_list), self.noise_dim):
+                raise ValueError(
+                    f"options['noise']: expected shape ({self.noise_dim},) or ({len(row_list)}, {self.noise_dim}), "
+                    f"got {tuple(noise.shape)}"
+                )
+            if not bool(torch.isfinite(noise).all()):
+                raise ValueError("options['noise']: expected finite values, got NaN or inf")
+            self.fixed_noise[rows] = noise
+            self.fixed_mask[rows] = True
+        self.any_fixed = bool(self.fixed_mask.any())
+
+    def draw_noise(self) -> torch.Tensor:
+        """B x noise_dim: the shared stream, then per-row generators and fixed noise where they apply."""
+        noise = torch.randn(self.num_envs, self.noise_dim, generator=self.generator, device=self.device)
+        if self.row_generators:
+            rows = list(self.row_generators)
+            draws = [
+                torch.randn(self.noise_dim, generator=g, device=self.device)
+                for g in self.row_generators.values()
+            ]
+            noise[torch.as_tensor(rows, device=self.device)] = torch.stack(draws)
+        if self.any_fixed:
+            noise = torch.where(self.fixed_mask[:, None], self.fixed_noise, noise)
+        return noise
+
+    # ---- reset / step -------------------------------------------------------------------------------------
+    def reset_rows(self, rows: torch.Tensor, states: torch.Tensor, noise: Any) -> None:
+        """Start ``rows`` at ``states`` (len(rows) x D) with the given noise mode."""
+        # Out of place: tensors handed out earlier (torch mode) must not change under the caller.
+        self.obs = self.obs.index_copy(0, rows, states)
+        self.steps = self.steps.index_fill(0, rows, 0)
+        self.set_noise(rows, noise)
+
+    def step(self, action: torch.Tensor, active: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Advance every sub-env one step. ``action``: B x act_dim float (Box) or B long (Discrete).
+
+        ``active`` (B bool, optional) marks the sub-envs whose transition counts in :attr:`counts` (the
+        vector env passes the ones that are not autoresetting). Returns device tensors: ``obs`` B x D,
+        ``reward`` B, ``terminated`` / ``truncated`` / ``unrealistic`` / ``out_of_support`` / ``non_finite``
+        B bool, ``realism`` B float (ones when ``compute_realism`` is off).
+        """
+        obs = self.obs
+        if isinstance(self.action_space, gym.spaces.Box):
+            action_ok = torch.isfinite(action).all(dim=1)
+            action = torch.where(action_ok[:, None], action, 0.0).clamp(self.act_low, self.act_high)
+        else:
+            action_ok = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+            action = action.clamp(
+                int(self.action_space.start), int(self.action_space.start + self.action_space.n - 1)
+            )
+        next_obs, reward, terminated = self.model.sample(obs, action, noise=self.draw_noise())
+        if self.reward_fn is not None:
+            reward = self.reward_fn(obs, action, next_obs)
+        if self.termination_fn is not None:
+            terminated = self.termination_fn(obs, action, next_obs)
+        next_obs = next_obs.to(torch.float32)
+        reward = reward.reshape(self.num_envs).to(torch.float32)
+        terminated = terminated.reshape(self.num_envs).to(torch.bool)
+
+        # A non-finite output truncates the step and keeps the last finite observation.
+        finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(reward) & action_ok
+        next_obs = torch.where(finite[:, None], next_obs, obs)
+        reward = torch.where(finite, reward, 0.0)
+        out_of_support = ((next_obs < self.support_low) | (next_obs > self.support_high)).any(dim=1) & finite
+        if self.compute_realism:
+            realism = (
+                self.model.realism(obs, action, next_obs, reward).reshape(self.num_envs).to(torch.float32)
+            )
+            realism = torch.where(finite, torch.nan_to_num(realism, nan=0.0).clamp(0.0, 1.0), 0.0)
+        else:
+            realism = torch.ones(self.num_envs, device=self.device)
+        if self.realism_threshold is not None:
+            unrealistic = (realism < self.realism_threshold) & finite
+        else:
+            unrealistic = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.steps = self.steps + 1
+        truncated = ~finite | unrealistic | out_of_support
+        if self.max_episode_steps is not None:
+            truncated = truncated | (self.steps >= self.max_episode_steps)
+        self.obs = next_obs.clamp(self.obs_low, self.obs_high)
+
+        counted = torch.ones_like(finite) if active is None else active
+        flags = torch.stack([counted, unrealistic & counted, out_of_support & counted, ~finite & counted])
+        self.counts += flags.sum(dim=1)
+        return {
+            "obs": self.obs,
+            "reward": reward,
+            "terminated": terminated & finite,
+            "truncated": truncated,
+            "realism": realism,
+            "unrealistic": unrealistic,
+            "out_of_support": out_of_support,
+            "non_finite": ~finite,
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Totals since construction (one host copy): transitions and how many were flagged."""
+        return dict(zip(STAT_NAMES, self.counts.tolist()))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_options(options: dict[str, Any] | None, allowed: Sequence[str]) -> dict[str, Any]:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"reset options: expected keys among {list(allowed)}, got unknown {unknown}")
+    return options
