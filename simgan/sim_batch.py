@@ -171,7 +171,8 @@ class BatchSimulator:
         self.fixed_noise = torch.zeros(self.num_envs, self.noise_dim, device=self.device)
         self.fixed_mask = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.any_fixed = False
-        self.row_generators: dict[int, torch.Generator] = {}
+        self.row_generators: dict[int, torch.Generator] = {}  # row -> its own noise stream (seeded resets)
+        self.generator_rows = torch.zeros(0, dtype=torch.long, device=self.device)  # the keys, on the device
 
     # ---- start states -------------------------------------------------------------------------------------
     def check_states(self, states: Any, what: str = "state") -> torch.Tensor:
@@ -210,7 +211,7 @@ class BatchSimulator:
         ``None``: fresh noise every step from the env's generator. ``int`` (or one int per row): a
         per-sub-env ``torch.Generator`` with that seed (a single int ``s`` gives row k the seed ``s + k``).
         ``"fixed"``: one draw now, reused every step. Array/tensor (noise_dim,) or (len(rows), noise_dim):
-        that noise, every step.
+        that noise, every step. (A list or tuple of Python ints means seeds; pass noise values as an array.)
         """
         row_list = rows.tolist()
         for row in row_list:
@@ -255,17 +256,17 @@ class BatchSimulator:
             self.fixed_noise[rows] = noise
             self.fixed_mask[rows] = True
         self.any_fixed = bool(self.fixed_mask.any())
+        self.generator_rows = torch.as_tensor(list(self.row_generators), dtype=torch.long, device=self.device)
 
     def draw_noise(self) -> torch.Tensor:
         """B x noise_dim: the shared stream, then per-row generators and fixed noise where they apply."""
         noise = torch.randn(self.num_envs, self.noise_dim, generator=self.generator, device=self.device)
         if self.row_generators:
-            rows = list(self.row_generators)
             draws = [
                 torch.randn(self.noise_dim, generator=g, device=self.device)
                 for g in self.row_generators.values()
             ]
-            noise[torch.as_tensor(rows, device=self.device)] = torch.stack(draws)
+            noise[self.generator_rows] = torch.stack(draws)
         if self.any_fixed:
             noise = torch.where(self.fixed_mask[:, None], self.fixed_noise, noise)
         return noise

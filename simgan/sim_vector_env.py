@@ -205,7 +205,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
             infos: dict[str, Any] = {"realism": realism, "_realism": active}
             for key, flag in zip(FLAG_KEYS, flags):
                 infos[key], infos["_" + key] = flag, active
-            return sim.obs, reward, terminated, truncated, infos
+            return sim.obs.clone(), reward, terminated, truncated, infos  # the caller may edit it in place
 
         # numpy mode: one host copy of everything.
         d = sim.obs_dim
