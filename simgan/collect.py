@@ -35,9 +35,17 @@ from simgan.data import (
 )
 from simgan.errors import SimganError
 from simgan.fsutil import TMP_PREFIX, atomic_write_json, remove_temp_files, sha256_bytes
-from simgan.rollout import EPISODE_ID_STRIDE, ActionSampler, Policy, RolloutWorker, WorkerConfig
+from simgan.rollout import (
+    CHUNKS_IN_FLIGHT,
+    EPISODE_ID_STRIDE,
+    ActionSampler,
+    Policy,
+    RolloutWorker,
+    WorkerConfig,
+)
 
 PARAMS_NAME = "collect.json"  # run parameters, written first; --resume checks them
+Shards = dict[tuple[int, int], dict[str, Any]]  # (worker, chunk) -> manifest entry (+ "_episodes")
 MAX_RESTARTS = 3  # Ray restarts of a dead worker actor (and retries of the call it was running)
 
 
@@ -145,6 +153,69 @@ def _unwrap_ray_error(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, Exception) else exc
 
 
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _validate(
+    env_id: str,
+    steps: int,
+    workers: int,
+    seed: int,
+    policy: str | Policy,
+    envs_per_worker: int | None,
+    env_kwargs: dict[str, Any],
+    epsilon: float,
+    action_noise: float,
+) -> tuple[Any, Any, Any, int]:
+    """Check every argument (and the policy, on one observation batch) before anything touches the disk.
+
+    Returns:
+        (env spec, observation space, action space, envs per worker K).
+    """
+    import gymnasium as gym
+
+    from envs import env_spec, make_env
+    from simgan.spaces import check_supported
+
+    _check_int("steps", steps, 1)
+    _check_int("workers", workers, 0)
+    _check_int("seed", seed, 0)
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon: expected a probability in [0, 1], got {epsilon}")
+    if not (np.isfinite(action_noise) and action_noise >= 0.0):
+        raise ValueError(f"action_noise: expected a finite value >= 0, got {action_noise}")
+    if isinstance(policy, str) and policy != "random":
+        raise ValueError(
+            f"policy: expected 'random' or a callable obs_batch -> action_batch, got {policy!r} "
+            "(saved-agent policies are not supported yet)"
+        )
+    if not isinstance(policy, str) and not callable(policy):
+        raise ValueError(f"policy: expected 'random' or a callable, got {type(policy).__name__}")
+    try:
+        json.dumps(env_kwargs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"env_kwargs: expected JSON-serialisable values (they go into the manifest): {exc}"
+        ) from None
+    spec = env_spec(env_id)  # unknown ids raise gymnasium's NameNotFound with "did you mean"
+    k = default_envs_per_worker(spec) if envs_per_worker is None else envs_per_worker
+    _check_int("envs_per_worker", k, 1)
+    probe = make_env(env_id, env_kwargs)
+    try:
+        check_supported(probe.observation_space, probe.action_space, env_id=env_id)
+        if action_noise > 0 and isinstance(probe.action_space, gym.spaces.Discrete):
+            raise ValueError("action_noise: applies to Box action spaces only, got a Discrete action space")
+        if not isinstance(policy, str):  # one probe call, so a broken policy fails before anything is written
+            first_obs = np.asarray(probe.reset(seed=seed)[0], np.float32)
+            sampler = ActionSampler(probe.action_space, k, policy, np.random.default_rng(0))
+            sampler.validate(policy(np.repeat(first_obs[None], k, axis=0)))
+        return spec, probe.observation_space, probe.action_space, int(k)
+    finally:
+        probe.close()
+
+
 def collect(
     env_id: str,
     *,
@@ -177,7 +248,7 @@ def collect(
         epsilon: probability of replacing a policy action by a uniform random one.
         action_noise: Gaussian noise std as a fraction of the action range (Box only), clipped to the bounds.
         address: Ray cluster address; else ``RAY_ADDRESS``; else an already initialised Ray; else an embedded
-            local cluster (loopback, no dashboard) that is shut down afterwards.
+            local cluster (no dashboard, ``num_cpus = os.cpu_count()``) that is shut down afterwards.
         resume: keep the complete shards of an interrupted run with the same parameters and finish it.
         overwrite: replace a previous dataset (only simgan's own files; refuses other files).
         chunk_steps: minimum transitions per shard (except each worker's last); default from the budget.
@@ -188,47 +259,17 @@ def collect(
     """
     import gymnasium as gym
 
-    from envs import env_spec, make_env
     from simgan import __version__
-    from simgan.spaces import check_supported, space_to_dict
+    from simgan.spaces import space_to_dict
 
-    # ---- validate everything before touching the disk -------------------------------------------------------
-    for name, value, minimum in (("steps", steps, 1), ("workers", workers, 0), ("seed", seed, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"epsilon: expected a probability in [0, 1], got {epsilon}")
-    if not (np.isfinite(action_noise) and action_noise >= 0.0):
-        raise ValueError(f"action_noise: expected a finite value >= 0, got {action_noise}")
-    if isinstance(policy, str) and policy != "random":
-        raise ValueError(
-            f"policy: expected 'random' or a callable obs_batch -> action_batch, got {policy!r} "
-            "(saved-agent policies are not supported yet)"
-        )
-    if not isinstance(policy, str) and not callable(policy):
-        raise ValueError(f"policy: expected 'random' or a callable, got {type(policy).__name__}")
     env_kwargs = dict(env_kwargs or {})
-    spec = env_spec(env_id)  # unknown ids raise gymnasium's NameNotFound with "did you mean"
-    probe = make_env(env_id, env_kwargs)
-    try:
-        check_supported(probe.observation_space, probe.action_space, env_id=env_id)
-        k = default_envs_per_worker(spec) if envs_per_worker is None else envs_per_worker
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"envs_per_worker: expected an integer >= 1, got {k!r}")
-        if action_noise > 0 and isinstance(probe.action_space, gym.spaces.Discrete):
-            raise ValueError("action_noise: applies to Box action spaces only, got a Discrete action space")
-        callable_policy = None if isinstance(policy, str) else policy
-        if callable_policy is not None:  # one probe call, so a broken policy fails before anything is written
-            first_obs = np.asarray(probe.reset(seed=seed)[0], np.float32)
-            sampler = ActionSampler(probe.action_space, k, callable_policy, np.random.default_rng(0))
-            sampler.validate(callable_policy(np.repeat(first_obs[None], k, axis=0)))
-        observation_space, action_space = probe.observation_space, probe.action_space
-    finally:
-        probe.close()
+    spec, observation_space, action_space, k = _validate(
+        env_id, steps, workers, seed, policy, envs_per_worker, env_kwargs, epsilon, action_noise
+    )
+    callable_policy = None if isinstance(policy, str) else policy
     budgets = split_budget(steps, workers)
     chunk = default_chunk_steps(budgets[0]) if chunk_steps is None else chunk_steps
-    if not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"chunk_steps: expected an integer >= 1, got {chunk!r}")
+    _check_int("chunk_steps", chunk, 1)
     params = {
         "format_version": FORMAT_VERSION,
         "env_id": env_id,
@@ -256,7 +297,7 @@ def collect(
         )
         for i, b in enumerate(budgets)
     ]
-    shards: dict[tuple[int, int], dict[str, Any]] = {}
+    shards: Shards = {}
     start_chunks: list[int | None] = []  # next chunk per worker; None when the worker already finished
     for c in configs:
         entries, finished = _existing_chunks(out, c.worker_index, c.budget)
@@ -317,14 +358,22 @@ class _ProgressBar:
 
 
 def _write(
-    out: Path, shards: dict, worker: int, chunk: int, batch: TransitionBatch, bar: _ProgressBar
+    out: Path, shards: Shards, worker: int, chunk: int, batch: TransitionBatch, bar: _ProgressBar
 ) -> None:
     entry = write_shard(out, shard_name(worker, chunk), batch)
     shards[(worker, chunk)] = {**entry, "_episodes": len(np.unique(batch.episode))}
     bar.update(batch)
 
 
-def _run_local(configs, start_chunks, policy, out, shards, bar, address) -> None:
+def _run_local(
+    configs: list[WorkerConfig],
+    start_chunks: list[int | None],
+    policy: Policy | None,
+    out: Path,
+    shards: Shards,
+    bar: _ProgressBar,
+    address: str | None,
+) -> None:
     """workers=0: one RolloutWorker in this process."""
     (config,), (chunk,) = configs, start_chunks
     if chunk is None:
@@ -341,8 +390,16 @@ def _run_local(configs, start_chunks, policy, out, shards, bar, address) -> None
         worker.close()
 
 
-def _run_ray(configs, start_chunks, policy, out, shards, bar, address) -> None:
-    """W Ray actors, two chunk requests in flight per actor so a worker never waits for the driver."""
+def _run_ray(
+    configs: list[WorkerConfig],
+    start_chunks: list[int | None],
+    policy: Policy | None,
+    out: Path,
+    shards: Shards,
+    bar: _ProgressBar,
+    address: str | None,
+) -> None:
+    """W Ray actors, CHUNKS_IN_FLIGHT requests queued per actor so a worker never waits for the driver."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -373,8 +430,8 @@ def _run_ray(configs, start_chunks, policy, out, shards, bar, address) -> None:
             if start is not None:
                 actors[c.worker_index] = remote_worker.options(num_cpus=per_worker).remote(c, policy)
                 next_chunk[c.worker_index] = start
-                submit(c.worker_index)
-                submit(c.worker_index)
+                for _ in range(CHUNKS_IN_FLIGHT):
+                    submit(c.worker_index)
         finished: set[int] = set()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

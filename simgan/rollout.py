@@ -27,6 +27,9 @@ from simgan.data import TransitionBatch
 Policy = Callable[[np.ndarray], np.ndarray]
 
 EPISODE_ID_STRIDE = 1_000_000_000  # global episode id = worker_index * stride + local episode index
+CHUNKS_IN_FLIGHT = (
+    2  # chunk requests the driver keeps queued per worker; also how many skipped chunks we keep
+)
 
 
 @dataclass(frozen=True)
@@ -184,15 +187,22 @@ class RolloutWorker:
     """
 
     def __init__(self, config: WorkerConfig, policy: Policy | None = None) -> None:
+        self.config = config
+        self.policy = policy
+        self.envs: list[Any] = []
+        self._start()
+
+    def _start(self) -> None:
+        """(Re)build the envs and the RNGs and reset everything to the state before chunk 0."""
         from envs import make_env
 
-        self.config = config
-        k = config.envs_per_worker
+        config, k = self.config, self.config.envs_per_worker
+        self.close()
         self.envs = [make_env(config.env_id, config.env_kwargs) for _ in range(k)]
         children = np.random.SeedSequence(config.seed + config.worker_index).spawn(k + 1)
         space = self.envs[0].action_space
         self.sampler = ActionSampler(
-            space, k, policy, np.random.default_rng(children[k]), config.epsilon, config.action_noise
+            space, k, self.policy, np.random.default_rng(children[k]), config.epsilon, config.action_noise
         )
         obs_dim = int(self.envs[0].observation_space.shape[0])
         action_shape = () if self.sampler.discrete else tuple(space.shape)
@@ -209,6 +219,7 @@ class RolloutWorker:
         self.finished_rows = 0
         self.steps_done = 0
         self.next_chunk = 0
+        self.skipped: dict[int, tuple[TransitionBatch, bool]] = {}  # chunks passed over while fast-forwarding
 
     def _start_episode(self, j: int) -> None:
         self.episode[j] = self.config.worker_index * EPISODE_ID_STRIDE + self.next_local_episode
@@ -218,18 +229,23 @@ class RolloutWorker:
     def collect_chunk(self, chunk_index: int) -> tuple[TransitionBatch | None, bool]:
         """Return chunk ``chunk_index`` and whether it is this worker's last one.
 
-        A fresh (e.g. restarted) worker asked for chunk k re-simulates and discards chunks < k first. Asking
-        past the last chunk returns ``(None, True)``.
+        Chunks are produced in order. A fresh (e.g. restarted) worker asked for chunk k re-simulates the chunks
+        before it, keeping the last few in case their requests arrive next (Ray does not guarantee the order of
+        retried calls); a request for an earlier chunk that was not kept restarts the simulation from scratch.
+        Asking past the last chunk returns ``(None, True)``.
         """
+        if chunk_index in self.skipped:
+            return self.skipped.pop(chunk_index)
         if chunk_index < self.next_chunk:
-            raise RuntimeError(f"chunk {chunk_index} was already produced (next is {self.next_chunk})")
-        while True:
-            if self.steps_done >= self.config.budget:
-                return None, True
-            batch, last = self._next_chunk()
+            self._start()
+        while self.steps_done < self.config.budget:
+            result, index = self._next_chunk(), self.next_chunk
             self.next_chunk += 1
-            if self.next_chunk - 1 == chunk_index:
-                return batch, last
+            if index == chunk_index:
+                return result
+            self.skipped[index] = result
+            self.skipped.pop(index - CHUNKS_IN_FLIGHT, None)
+        return None, True
 
     def _next_chunk(self) -> tuple[TransitionBatch, bool]:
         budget, chunk_steps = self.config.budget, self.config.chunk_steps

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from envs import make_env
-from simgan.collect import EPISODE_ID_STRIDE, CollectError, collect, split_budget
-from simgan.data import MANIFEST_NAME, load_dataset
+from simgan.collect import EPISODE_ID_STRIDE, CollectError, RolloutWorker, WorkerConfig, collect, split_budget
+from simgan.data import MANIFEST_NAME, encode_shard, load_dataset
 from simgan.fsutil import TMP_PREFIX
 from simgan.spaces import UnsupportedSpaceError
 
@@ -117,6 +117,19 @@ def test_callable_policy_with_epsilon_and_noise(tmp_path: Path) -> None:
     near = np.abs(a - 1.5) < 0.8  # noise std 0.4 around 1.5 (clipped at 2); epsilon replaces ~30 %
     assert 0.55 < near.mean() < 0.95 and np.isclose(a, 2.0).any()
     assert ds.manifest["policy"].startswith("callable:") and ds.manifest["epsilon"] == 0.3
+
+
+def test_worker_answers_out_of_order_requests_identically() -> None:
+    # Ray may deliver a restarted actor's retried calls out of order: chunk 2 before chunk 1, even chunk 0 again
+    config = WorkerConfig("CartPole-v1", {}, 1, 3000, 0, 4, 400, 0.0, 0.0)
+    sequential = RolloutWorker(config)
+    expected = [sequential.collect_chunk(i) for i in range(4)]
+    worker = RolloutWorker(config)
+    for i in (2, 1, 3, 0):
+        batch, last = worker.collect_chunk(i)
+        assert last == expected[i][1]
+        assert encode_shard(batch) == encode_shard(expected[i][0])
+    assert worker.collect_chunk(99) == (None, True)
 
 
 def test_resume_after_simulated_interruption_equals_uninterrupted(tmp_path: Path) -> None:
