@@ -108,6 +108,7 @@ def main() -> None:
                 stats = bench_collect(env_id, steps, workers, Path(tmp))
                 row[f"ray_{workers}"] = stats["steps_per_s"]
                 row[f"ray_{workers}_overhead_s"] = stats["overhead_s"]
+                row[f"ray_{workers}_end_to_end"] = 2 * steps / stats["wall_s_2n"]
             results[env_id] = row
     ray.shutdown()
 
@@ -128,7 +129,8 @@ def main() -> None:
     for env_id, row in results.items():
         print(
             f"{env_id}: fixed per-collect overhead (actor start, imports, manifest) "
-            f"ray_1 {row['ray_1_overhead_s']:.1f} s, ray_2 {row['ray_2_overhead_s']:.1f} s"
+            f"ray_1 {row['ray_1_overhead_s']:.1f} s, ray_2 {row['ray_2_overhead_s']:.1f} s; end-to-end steps/s "
+            f"incl. overhead at 2N: ray_1 {row['ray_1_end_to_end']:,.0f}, ray_2 {row['ray_2_end_to_end']:,.0f}"
         )
     checks = []
     for env_id, measured, baseline, minimum in sorted(TARGETS):

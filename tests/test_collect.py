@@ -288,6 +288,15 @@ def test_ray_one_worker_matches_in_process(ray_cluster, tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
+def test_ray_more_workers_than_cpus_and_steps(ray_cluster, tmp_path: Path) -> None:
+    # 4 workers share 2 CPUs (fractional CPUs, no deadlock); budgets [1, 1, 1, 0]: worker 3 has nothing to do
+    ds = collect("CartPole-v1", steps=3, workers=4, out=tmp_path / "ds", progress=False)
+    assert len(ds) == 3 and ds.transitions.truncated.all()
+    np.testing.assert_array_equal(ds.transitions.episode // EPISODE_ID_STRIDE, [0, 1, 2])
+    assert [s["file"] for s in ds.manifest["shards"]] == [f"shard-w00{i}-c00000.npz" for i in range(3)]
+
+
+@pytest.mark.ray
 def test_ray_worker_crash_is_retried(ray_cluster, tmp_path: Path) -> None:
     marker = tmp_path / "crashed"
     env_kwargs = {"marker": str(marker), "crash_at_step": 300}  # each sub-env takes 500 steps
