@@ -9,8 +9,9 @@ Everything is measured in the same run, so the ratios hold on a noisy shared mac
 * SimVectorEnv over a ``ConditionalGAN`` of the default architecture with *freshly initialised* weights (only
   throughput is measured; a trained model has the same cost), built on each real env's spaces; with the
   default ``compute_realism=True`` (``info["realism"]`` every step: the discriminator runs too) and without;
+  in float32 (default) and with ``precision="bfloat16"`` (model matmuls under ``torch.autocast``);
 * achieved GFLOP/s of the env step (FLOPs counted by ``torch.utils.flop_counter`` on one step) against a plain
-  ``torch.matmul`` chain with the same matrix shapes as the model's linear layers.
+  ``torch.matmul`` chain with the same matrix shapes (and dtype) as the model's linear layers.
 
 Writes ``results/bench_sim.json`` and ``results/bench_sim.md`` (atomically).
 """
@@ -132,12 +133,12 @@ def linear_shapes(model: ConditionalGAN, realism: bool) -> list[tuple[int, int]]
 
 
 def bench_matmul(
-    batch: int, layer_shapes: list[tuple[int, int]], device: torch.device, seconds: float
+    batch: int, layer_shapes: list[tuple[int, int]], device: torch.device, seconds: float, dtype: torch.dtype
 ) -> float:
-    """GFLOP/s of a plain torch.matmul chain with the model's layer shapes at this batch size."""
+    """GFLOP/s of a plain torch.matmul chain with the model's layer shapes at this batch size and dtype."""
     gen = torch.Generator(device=device).manual_seed(0)
-    inputs = [torch.randn(batch, i, generator=gen, device=device) for i, _ in layer_shapes]
-    weights = [torch.randn(i, o, generator=gen, device=device) for i, o in layer_shapes]
+    inputs = [torch.randn(batch, i, generator=gen, device=device).to(dtype) for i, _ in layer_shapes]
+    weights = [torch.randn(i, o, generator=gen, device=device).to(dtype) for i, o in layer_shapes]
     flops = sum(2 * batch * i * o for i, o in layer_shapes)
 
     def step() -> None:
@@ -154,11 +155,13 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_sim(
-    model: ConditionalGAN, num_envs: int, torch_mode: bool, realism: bool, seconds: float
+    model: ConditionalGAN, num_envs: int, torch_mode: bool, realism: bool, precision: str, seconds: float
 ) -> dict[str, float]:
     """Transitions/s and GFLOP/s of one SimVectorEnv configuration."""
     device = model.device
-    envs = SimVectorEnv(model, num_envs=num_envs, torch_mode=torch_mode, compute_realism=realism, seed=0)
+    envs = SimVectorEnv(
+        model, num_envs=num_envs, torch_mode=torch_mode, compute_realism=realism, precision=precision, seed=0
+    )
     envs.reset(seed=0)
     actions_np = np.stack([envs.action_space.sample() for _ in range(8)])
     actions = torch.as_tensor(actions_np, device=device) if torch_mode else actions_np
@@ -194,6 +197,13 @@ def main() -> int:
     )
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"], help="source envs")
     parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16"],
+        help="SimVectorEnv precision (bfloat16: model matmuls under torch.autocast)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument(
@@ -214,16 +224,19 @@ def main() -> int:
         info = model_info_from_env(env_id)
         model = fresh_gan(info, device)
         baseline_name, baseline = baselines.get(env_id, ("-", float("nan")))
-        for num_envs, realism in itertools.product(args.num_envs, (True, False)):
-            matmul_gflops = bench_matmul(num_envs, linear_shapes(model, realism), device, args.seconds)
+        for precision, num_envs, realism in itertools.product(args.precisions, args.num_envs, (True, False)):
+            dtype = getattr(torch, precision)
+            shapes = linear_shapes(model, realism)
+            matmul_gflops = bench_matmul(num_envs, shapes, device, args.seconds, dtype)
             for torch_mode in (False, True):
-                result = bench_sim(model, num_envs, torch_mode, realism, args.seconds)
+                result = bench_sim(model, num_envs, torch_mode, realism, precision, args.seconds)
                 rows.append(
                     {
                         "env_id": env_id,
                         "num_envs": num_envs,
                         "mode": "torch" if torch_mode else "numpy",
                         "realism": realism,
+                        "precision": precision,
                         **result,
                         "baseline": baseline_name,
                         "baseline_transitions_per_s": baseline,
@@ -261,14 +274,16 @@ def main() -> int:
 
 
 _HEADER = (
-    "| source env | num_envs | mode | realism | transitions/s | x real env | model GFLOP/s | matmul GFLOP/s | fraction |\n"
-    "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    "| source env | num_envs | precision | mode | realism | transitions/s | x real env | model GFLOP/s "
+    "| matmul GFLOP/s | fraction |\n"
+    "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
 )
 
 
 def _row_md(r: dict) -> str:
     return (
-        f"| {r['env_id']} | {r['num_envs']} | {r['mode']} | {'on' if r['realism'] else 'off'} | {r['transitions_per_s']:,.0f} | "
+        f"| {r['env_id']} | {r['num_envs']} | {r['precision']} | {r['mode']} | "
+        f"{'on' if r['realism'] else 'off'} | {r['transitions_per_s']:,.0f} | "
         f"{r['speedup_vs_baseline']:.1f}x vs {r['baseline']} | {r['gflops']:.1f} | {r['matmul_gflops']:.1f} | "
         f"{r['fraction_of_matmul']:.2f} |"
     )

@@ -30,6 +30,7 @@ TransitionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 InitialStates = str | np.ndarray | Callable[[np.random.Generator], np.ndarray]
 STAT_NAMES = ("steps", "unrealistic", "out_of_support", "non_finite")
 RESET_OPTIONS = ("state", "noise", "reset_mask")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def resolve_model(model: WorldModel | str | os.PathLike, device: str | torch.device) -> WorldModel:
@@ -103,6 +104,7 @@ class BatchSimulator:
         realism_threshold: float | None,
         support_margin: float,
         compute_realism: bool,
+        precision: str = "float32",
     ) -> None:
         info = model.info
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
@@ -131,6 +133,11 @@ class BatchSimulator:
         self.reward_fn, self.termination_fn = reward_fn, termination_fn
         self.realism_threshold = None if realism_threshold is None else float(realism_threshold)
         self.compute_realism = compute_realism
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        # bfloat16: the model's matmuls run under torch.autocast (approximate, much faster on CPUs with
+        # AVX512-BF16/AMX and on GPUs); the env's own arithmetic and all outputs stay float32.
+        self.autocast = precision == "bfloat16"
 
         def as_tensor(x: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
@@ -296,12 +303,14 @@ class BatchSimulator:
             action = action.clamp(
                 int(self.action_space.start), int(self.action_space.start + self.action_space.n - 1)
             )
-        next_obs, reward, terminated = self.model.sample(obs, action, noise=self.draw_noise())
+        noise = self.draw_noise()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            next_obs, reward, terminated = self.model.sample(obs, action, noise=noise)
+        next_obs = next_obs.to(torch.float32)
         if self.reward_fn is not None:
             reward = self.reward_fn(obs, action, next_obs)
         if self.termination_fn is not None:
             terminated = self.termination_fn(obs, action, next_obs)
-        next_obs = next_obs.to(torch.float32)
         reward = reward.reshape(self.num_envs).to(torch.float32)
         terminated = terminated.reshape(self.num_envs).to(torch.bool)
 
@@ -311,9 +320,9 @@ class BatchSimulator:
         reward = torch.where(finite, reward, 0.0)
         out_of_support = ((next_obs < self.support_low) | (next_obs > self.support_high)).any(dim=1) & finite
         if self.compute_realism:
-            realism = (
-                self.model.realism(obs, action, next_obs, reward).reshape(self.num_envs).to(torch.float32)
-            )
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                realism = self.model.realism(obs, action, next_obs, reward)
+            realism = realism.reshape(self.num_envs).to(torch.float32)
             realism = torch.where(finite, torch.nan_to_num(realism, nan=0.0).clamp(0.0, 1.0), 0.0)
         else:
             realism = torch.ones(self.num_envs, device=self.device)

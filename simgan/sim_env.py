@@ -56,6 +56,8 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         support_margin: next states outside [state_low - m, state_high + m] (m = margin x data range, per
             dimension) are truncated with ``info["out_of_support"]``.
         compute_realism: call ``model.realism`` each step (``info["realism"]``); off saves the discriminator pass.
+        precision: ``"float32"`` or ``"bfloat16"``: run the model's matmuls under ``torch.autocast`` (opt-in,
+            approximate: several times faster on CPUs with AVX512-BF16/AMX and on GPUs; outputs stay float32).
         seed: seeds the env's generator so the first ``reset()`` is reproducible too.
 
     Reset options: ``{"state": s}`` starts exactly at s (obs_dim,); ``{"noise": n}`` fixes the randomness of
@@ -77,6 +79,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         realism_threshold: float | None = None,
         support_margin: float = 0.1,
         compute_realism: bool = True,
+        precision: str = "float32",
         seed: int | None = None,
     ) -> None:
         self.model = resolve_model(model, device)
@@ -93,6 +96,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
             realism_threshold=realism_threshold,
             support_margin=support_margin,
             compute_realism=compute_realism,
+            precision=precision,
         )
         self.max_episode_steps = self.sim.max_episode_steps
         self._needs_reset = True

@@ -381,3 +381,18 @@ def test_gan_vector_env_equals_single_envs_given_the_same_noise(gan_dir):
             if terminated or truncated:
                 break  # the vector env autoresets this sub-env next step; the single env would need reset()
     assert compared == n * steps
+
+
+def test_bfloat16_precision_is_close_to_float32_and_reproducible(gan_dir):
+    rng = np.random.default_rng(3)
+    actions = [rng.uniform(-1, 1, 2).astype(np.float32) for _ in range(5)]
+    full = rollout(SimEnv(gan_dir, device="cpu"), actions, seed=1)
+    half = rollout(SimEnv(gan_dir, device="cpu", precision="bfloat16"), actions, seed=1)
+    again = rollout(SimEnv(gan_dir, device="cpu", precision="bfloat16"), actions, seed=1)
+    for f, h, a in zip(full, half, again):
+        assert h[0].dtype == np.float32
+        np.testing.assert_array_equal(h[0], a[0])
+        # steps are ~0.01 (delta_std), bfloat16 keeps ~3 significant digits of them
+        np.testing.assert_allclose(h[0], f[0], atol=2e-3)
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        SimEnv(LinearModel(), precision="float16")
