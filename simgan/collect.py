@@ -53,7 +53,8 @@ class CollectError(SimganError):
     """A collection could not run or finish (bad output directory, mismatched resume, dead worker)."""
 
 
-# The driver
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -245,8 +246,9 @@ def collect(
         policy: ``"random"`` or a callable ``obs (K x obs_dim float32) -> actions (K x act_dim or K)``.
         envs_per_worker: sub-envs per worker (K); default 8, or 1 for MuJoCo envs.
         env_kwargs: keyword arguments for ``gymnasium.make``.
-        epsilon: probability of replacing a policy action by a uniform random one.
-        action_noise: Gaussian noise std as a fraction of the action range (Box only), clipped to the bounds.
+        epsilon: probability of replacing a callable policy's action by a uniform random one.
+        action_noise: Gaussian noise added to a callable policy's actions, std as a fraction of the action range
+            (Box only), clipped to the bounds.
         address: Ray cluster address; else ``RAY_ADDRESS``; else an already initialised Ray; else an embedded
             local cluster (no dashboard, ``num_cpus = os.cpu_count()``) that is shut down afterwards.
         resume: keep the complete shards of an interrupted run with the same parameters and finish it.

@@ -27,9 +27,9 @@ from simgan.data import TransitionBatch
 Policy = Callable[[np.ndarray], np.ndarray]
 
 EPISODE_ID_STRIDE = 1_000_000_000  # global episode id = worker_index * stride + local episode index
-CHUNKS_IN_FLIGHT = (
-    2  # chunk requests the driver keeps queued per worker; also how many skipped chunks we keep
-)
+# Chunk requests the driver keeps queued per worker (so a worker never waits for the driver); also how many
+# chunks a fast-forwarding worker keeps, since Ray may deliver retried requests out of order.
+CHUNKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
