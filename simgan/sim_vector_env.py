@@ -11,8 +11,9 @@ Two I/O modes:
 * numpy (default): actions in, observations / rewards / flags out as numpy arrays, one host copy per step.
 * ``torch_mode=True``: everything stays a torch tensor on the model's device; actions may be tensors. The step
   path never copies to the host (no ``.cpu()``, ``.item()`` or numpy), so a GPU training loop never waits on
-  a sync. On CUDA that means action *values* are not checked by default (``validate_actions=None``):
-  out-of-bounds actions are clipped to the action space and NaN/inf actions truncate their sub-env with
+  a sync (except with a callable ``initial_states``, which runs on the host when a sub-env restarts). On
+  CUDA that means action *values* are not checked by default (``validate_actions=None``): out-of-bounds
+  actions are clipped to the action space and NaN/inf actions truncate their sub-env with
   ``info["non_finite"]``. Pass ``validate_actions=True`` for the raising checks (one sync per step).
 
 Infos (gymnasium's vector convention, a ``_key`` mask per key; the mask is False for sub-envs that were
