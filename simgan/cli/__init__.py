@@ -17,6 +17,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("info", "info", "print a summary of a dataset (or a model directory)"),
     ("agent", "agent", "train an RL agent (SAC/PPO) in a real or learned env, or evaluate a saved one"),
     ("train", "train", "train a world model (conditional GAN or Gaussian ensemble) on a dataset"),
+    ("simulate", "simulate", "run the learned env built from a model directory (thousands of sub-envs at once)"),
     ("forecast", "forecast", "sample many possible futures from given states; write fan charts"),
 ]
 

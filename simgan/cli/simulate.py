@@ -1,0 +1,77 @@
+"""``simgan simulate``: build the learned env from a model directory and run it (random or saved-agent actions)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory written by `simgan train`")
+    parser.add_argument(
+        "--num-envs", type=int, default=1024, help="sub-envs stepped together in one batched call"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=200, help="vector steps to run (transitions = steps x num-envs)"
+    )
+    parser.add_argument("--policy", default="random", help="'random' or a saved agent directory")
+    parser.add_argument(
+        "--realism-threshold",
+        type=float,
+        default=None,
+        help="truncate transitions whose realism score is below this (0..1)",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of start states, model noise and random actions"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from simgan.errors import SimganError
+    from simgan.sim_vector_env import SimVectorEnv
+
+    if args.num_envs <= 0 or args.steps <= 0:
+        raise SimganError(
+            f"--num-envs and --steps: expected positive integers, got {args.num_envs} and {args.steps}"
+        )
+    envs = SimVectorEnv(
+        args.model,
+        num_envs=args.num_envs,
+        device=args.device,
+        realism_threshold=args.realism_threshold,
+        seed=args.seed,
+    )
+    if args.policy == "random":
+        envs.action_space.seed(args.seed)
+        act = lambda obs: envs.action_space.sample()  # noqa: E731
+    else:
+        from simgan.cli.forecast import load_policy
+
+        act = load_policy(args.policy, envs.single_observation_space, envs.single_action_space)
+    obs, _ = envs.reset(seed=args.seed)
+    episode_return = np.zeros(args.num_envs)
+    finished: list[float] = []
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        obs, reward, terminated, truncated, _ = envs.step(act(obs))
+        episode_return += reward
+        done = terminated | truncated
+        finished.extend(episode_return[done].tolist())
+        episode_return[done] = 0.0
+    elapsed = time.perf_counter() - start
+    stats = envs.get_stats()
+    print(f"learned env   {args.model} on {envs.device}: {args.num_envs} sub-envs x {args.steps} steps")
+    print(f"throughput    {args.num_envs * args.steps / elapsed:,.0f} transitions/s")
+    if finished:
+        print(
+            f"episodes      {len(finished):,} finished, return mean {np.mean(finished):.2f} std {np.std(finished):.2f}"
+        )
+    else:
+        print("episodes      none finished (raise --steps to reach the episode limit)")
+    print("flags         " + "  ".join(f"{k}={v:,}" for k, v in stats.items()))
+    envs.close()
+    return 0
