@@ -29,6 +29,8 @@ _EXPORTS = {
     "ConditionalGAN": "simgan.models",
     "SimEnv": "simgan.sim_env",
     "SimVectorEnv": "simgan.sim_vector_env",
+    "forecast": "simgan.forecast",
+    "Forecast": "simgan.forecast",
 }
 
 __all__ = ["__version__", *_EXPORTS]
