@@ -105,7 +105,7 @@ def jsd_estimate(d_loss: float | torch.Tensor) -> float:
     0 when D cannot tell real from generated (D = 1/2 everywhere), log 2 when it separates them perfectly.
     Meaningful only for the BCE losses and a near-optimal D.
     """
-    return (math.log(4.0) - float(d_loss)) / 2.0
+    return (math.log(4.0) - float(torch.as_tensor(d_loss).detach())) / 2.0
 
 
 def discriminator_probabilities(loss: str, scores: torch.Tensor) -> torch.Tensor:

@@ -74,6 +74,23 @@ def prepare_run_directory(out: Path, *, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def saved_config(out: Path) -> TrainConfig:
+    """The config a run in ``out`` was trained with (from ``out/last/model.json``)."""
+    return TrainConfig.from_json(load_model_files(Path(out) / LAST_DIR).config["train"])
+
+
+def _resume_config(out: Path, config: TrainConfig | None) -> TrainConfig:
+    """The saved run's config; a given ``config`` may change the budget and device, never the architecture."""
+    saved = saved_config(out)
+    if config is None:
+        return saved
+    if config.model_config() != saved.model_config():
+        raise RunDirectoryError(
+            f"{out}: resume expected the saved architecture {saved.model_config()}, got {config.model_config()}"
+        )
+    return config
+
+
 def _grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else math.inf)
 
@@ -135,9 +152,9 @@ def train(
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
-    config = config or TrainConfig()
     out = Path(out)
     prepare_run_directory(out, resume=resume, overwrite=overwrite)
+    config = _resume_config(out, config) if resume else (config or TrainConfig())
     if len(dataset.validation) == 0:
         raise SimganError(
             f"{dataset.path}: expected validation episodes, got none (use validation_fraction > 0)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 # Flags shared with the ensemble's config (passed on by name with --model ensemble).
@@ -37,6 +38,14 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "ensemble":
         return _run_ensemble(args, out)
     config = dataclass_from_namespace(TrainConfig, args)
+    if args.resume:
+        # The saved run defines everything but the budget and the device.
+        from simgan.train import saved_config
+
+        saved = saved_config(out)
+        config = replace(saved, steps=config.steps, epochs=config.epochs, device=config.device)
+        if config.steps is None and config.epochs is None:
+            config = replace(config, steps=saved.steps, epochs=saved.epochs)
     dataset = load_dataset(args.data, validation_fraction=config.validation_fraction)
     from simgan.train import train
 

@@ -1,0 +1,136 @@
+"""GAN checkpoints: round trip through load_model, tampering and truncation detected, pickles refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import simgan
+from simgan.checkpoint import CheckpointError, load_model, load_train_state
+from simgan.models import ConditionalGAN
+from simgan.train import TrainConfig, train
+
+TINY = TrainConfig(
+    steps=20,
+    eval_every=10,
+    eval_size=256,
+    batch_size=32,
+    mean_hidden=(32, 32),
+    residual_hidden=(32,),
+    disc_hidden=(32,),
+    figures=False,
+    device="cpu",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core machine: one intra-op thread is much faster than two contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return simgan.collect(
+        "Pendulum-v1", steps=1000, workers=0, out=tmp_path_factory.mktemp("data"), seed=0, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "gan"
+    train(dataset, out, TINY, progress=False)
+    return out
+
+
+def weights_file(run: Path) -> Path:
+    return run / json.loads((run / "model.json").read_text())["weights"]["file"]
+
+
+def test_round_trip_gives_identical_outputs(dataset, run_dir: Path) -> None:
+    first, second = load_model(run_dir, device="cpu"), load_model(run_dir, device="cpu")
+    assert isinstance(first, ConditionalGAN)
+    assert first.info.env_id == "Pendulum-v1" and first.info.obs_dim == 3
+    val = dataset.validation
+    obs, action = torch.as_tensor(val.obs), torch.as_tensor(val.action)
+    noise = torch.randn(len(val), first.noise_dim, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(first.sample(obs, action, noise=noise), second.sample(obs, action, noise=noise)):
+        assert torch.equal(a, b)
+    next_obs, reward = torch.as_tensor(val.next_obs), torch.as_tensor(val.reward)
+    assert torch.equal(
+        first.realism(obs, action, next_obs, reward), second.realism(obs, action, next_obs, reward)
+    )
+    # All state survived: every tensor equal, normaliser and realism reference included.
+    for name, tensor in first.state_tensors().items():
+        assert torch.equal(tensor, second.state_tensors()[name]), name
+    assert first.realism_reference.numel() == len(val)
+    metrics = json.loads((run_dir / "model.json").read_text())["metrics"]
+    assert {"energy_score", "next_obs_mse_mean", "next_obs_mse_sample", "best_step", "alarms"} <= set(metrics)
+
+
+def test_truncated_weights_name_the_file(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = weights_file(copy)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=path.name):
+        load_model(copy, device="cpu")
+
+
+def test_tampered_weights_name_the_file(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = weights_file(copy)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{path.name}.*checksum mismatch"):
+        load_model(copy, device="cpu")
+
+
+def test_missing_model_config_is_a_checkpoint_error(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    del meta["config"]["model"]
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model config"):
+        load_model(copy, device="cpu")
+
+
+class _Exploit:
+    """Unpickling this would create a marker file (it must never happen)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_train_state_is_refused_and_not_executed(dataset, run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    marker = tmp_path / "pwned"
+    (copy / "last" / "train_state.pt").write_bytes(pickle.dumps({"opt_g": _Exploit(marker)}))
+    with pytest.raises(CheckpointError, match=r"train_state\.pt"):
+        load_train_state(copy / "last")
+    with pytest.raises(CheckpointError, match=r"train_state\.pt"):
+        train(dataset, copy, TINY, resume=True, progress=False)
+    assert not marker.exists()

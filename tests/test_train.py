@@ -1,0 +1,254 @@
+"""The training loop: reproducibility, exact resume, guards, run directories, CLI, and (slow) learning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import simgan
+from simgan import losses
+from simgan.checkpoint import load_model, load_model_files, load_train_state
+from simgan.train import RunDirectoryError, TrainConfig, TrainingDivergedError, train
+
+TINY = TrainConfig(
+    steps=30,
+    eval_every=10,
+    eval_size=256,
+    batch_size=32,
+    mean_hidden=(32, 32),
+    residual_hidden=(32,),
+    disc_hidden=(32,),
+    figures=False,
+    device="cpu",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks on a shared 2-core machine: one intra-op thread is much faster than two contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return simgan.collect(
+        "Pendulum-v1", steps=1000, workers=0, out=tmp_path_factory.mktemp("data"), seed=0, progress=False
+    )
+
+
+def tensors_of(run: Path) -> dict[str, torch.Tensor]:
+    return load_model_files(run).tensors
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_same_seed_same_weights(dataset, tmp_path: Path) -> None:
+    train(dataset, tmp_path / "a", TINY, progress=False)
+    train(dataset, tmp_path / "b", TINY, progress=False)
+    assert_same_tensors(tensors_of(tmp_path / "a" / "last"), tensors_of(tmp_path / "b" / "last"))
+    train(dataset, tmp_path / "c", dataclasses.replace(TINY, seed=1), progress=False)
+    a, c = tensors_of(tmp_path / "a" / "last"), tensors_of(tmp_path / "c" / "last")
+    assert not torch.equal(a["generator.mean_net.0.weight"], c["generator.mean_net.0.weight"])
+
+
+@pytest.mark.parametrize("loss, spectral_norm", [("wgan-gp", False), ("nonsaturating", True)])
+def test_resume_is_bit_exact(dataset, tmp_path: Path, loss: str, spectral_norm: bool) -> None:
+    config = dataclasses.replace(TINY, loss=loss, spectral_norm=spectral_norm)
+    train(dataset, tmp_path / "straight", config, progress=False)
+    train(dataset, tmp_path / "split", dataclasses.replace(config, steps=20), progress=False)
+    train(dataset, tmp_path / "split", config, resume=True, progress=False)
+    assert_same_tensors(tensors_of(tmp_path / "straight" / "last"), tensors_of(tmp_path / "split" / "last"))
+    assert_same_tensors(tensors_of(tmp_path / "straight"), tensors_of(tmp_path / "split"))
+    straight, split = (
+        load_train_state(tmp_path / "straight" / "last"),
+        load_train_state(tmp_path / "split" / "last"),
+    )
+    assert straight["counters"]["step"] == split["counters"]["step"] == 30
+    assert torch.equal(straight["rng"]["batch_rng"], split["rng"]["batch_rng"])
+    for key in ("opt_g", "opt_d"):
+        for index, slot in straight[key]["state"].items():
+            for name, value in slot.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(split[key]["state"][index][name]))
+
+
+def test_non_finite_learning_rate_stops_without_a_checkpoint(dataset, tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, lr_mean=1e30, lr_g=1e30, lr_d=1e30, max_grad_norm=0.0, eval_every=1000)
+    with pytest.raises(TrainingDivergedError, match=r"non-finite|nan|inf"):
+        train(dataset, tmp_path / "run", config, progress=False)
+    assert not (tmp_path / "run" / "model.json").exists()
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_non_finite_loss_after_checkpoints_keeps_the_finite_ones(
+    dataset, tmp_path: Path, monkeypatch
+) -> None:
+    calls = {"n": 0}
+    original = losses.generator_loss
+
+    def poisoned(loss: str, fake: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return original(loss, fake) * (float("nan") if calls["n"] > 15 else 1.0)
+
+    monkeypatch.setattr(losses, "generator_loss", poisoned)
+    with pytest.raises(TrainingDivergedError, match="step 15: generator_loss is nan"):
+        train(dataset, tmp_path / "run", TINY, progress=False)
+    model = load_model(tmp_path / "run", device="cpu")  # the step-10 checkpoint, finite
+    assert all(bool(torch.isfinite(t).all()) for t in model.state_tensors().values() if t.is_floating_point())
+
+
+def test_non_empty_out_is_refused_untouched(dataset, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match="non-empty"):
+        train(dataset, out, TINY, progress=False)
+    with pytest.raises(RunDirectoryError, match="does not look like a simgan run"):
+        train(dataset, out, TINY, overwrite=True, progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    with pytest.raises(RunDirectoryError, match="nothing"):
+        train(dataset, tmp_path / "new", TINY, resume=True, progress=False)
+
+
+def test_config_errors_say_what_was_expected() -> None:
+    with pytest.raises(ValueError, match="at most one"):
+        TrainConfig(steps=10, epochs=1.0)
+    with pytest.raises(ValueError, match="expected one of"):
+        TrainConfig(loss="lsgan")  # type: ignore[arg-type]
+    assert TrainConfig(epochs=2.0, batch_size=100).total_steps(1000) == 20
+
+
+def test_tensorboard_has_the_documented_tags(dataset, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(
+        dataset,
+        tmp_path / "run",
+        dataclasses.replace(TINY, loss="minimax", figures=True, log_every=10),
+        progress=False,
+    )
+    events = EventAccumulator(
+        str(tmp_path / "run" / "tb"), size_guidance={"images": 0, "tensors": 0}
+    ).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in (
+        "losses/d_loss",
+        "losses/g_loss",
+        "charts/d_real",
+        "charts/d_fake",
+        "charts/jsd_estimate",
+        "charts/grad_norm_d",
+        "charts/lr_d",
+        "eval/next_obs_mse_mean",
+        "eval/mmd2",
+        "eval/energy_score",
+        "eval/termination_accuracy",
+    ):
+        assert tag in scalars, tag
+    assert "eval/generated_vs_real" in events.Tags()["images"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "simgan", "train", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_smoke(dataset, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    tiny = [
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--batch-size",
+        "32",
+        "--mean-hidden",
+        "32",
+        "--residual-hidden",
+        "16",
+        "--disc-hidden",
+        "16",
+        "--no-figures",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    done = run_cli("--data", str(dataset.path), "--out", str(out), *tiny)
+    assert done.returncode == 0, done.stderr
+    assert "next_obs_mse_mean" in done.stdout
+    assert load_model(out, device="cpu").info.env_id == "Pendulum-v1"
+    before = sorted(p.name for p in out.iterdir())
+    refused = run_cli("--data", str(dataset.path), "--out", str(out), *tiny)
+    assert refused.returncode == 2 and "non-empty" in refused.stderr and "Traceback" not in refused.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+    resumed = run_cli("--data", str(dataset.path), "--out", str(out), "--resume", "--steps", "30", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_train_state(out / "last")["counters"]["step"] == 30
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning (slow): ~20k random-policy transitions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pendulum_one_step_error_far_below_identity(tmp_path: Path) -> None:
+    data = simgan.collect(
+        "Pendulum-v1", steps=20000, workers=0, out=tmp_path / "data", seed=0, progress=False
+    )
+    model = train(
+        data,
+        tmp_path / "run",
+        TrainConfig(steps=2000, eval_every=500, figures=False, device="cpu"),
+        progress=False,
+    )
+    metrics = json.loads((tmp_path / "run" / "model.json").read_text())["metrics"]
+    identity = metrics["next_obs_mse_identity"]
+    assert metrics["next_obs_mse_mean"] < 0.01 * identity, metrics
+    assert metrics["next_obs_mse_sample"] < 0.02 * identity, metrics
+    val = data.validation
+    next_obs, _, _ = model.sample(
+        torch.as_tensor(val.obs), torch.as_tensor(val.action), generator=torch.Generator().manual_seed(0)
+    )
+    assert float(((next_obs.numpy() - val.next_obs) ** 2).mean()) < 0.02 * identity
+
+
+@pytest.mark.slow
+def test_cartpole_termination_head_is_accurate(tmp_path: Path) -> None:
+    data = simgan.collect(
+        "CartPole-v1", steps=20000, workers=0, out=tmp_path / "data", seed=0, progress=False
+    )
+    model = train(
+        data,
+        tmp_path / "run",
+        TrainConfig(steps=1500, eval_every=500, figures=False, device="cpu"),
+        progress=False,
+    )
+    val = data.validation
+    _, _, terminated = model.sample(
+        torch.as_tensor(val.obs), torch.as_tensor(val.action), generator=torch.Generator().manual_seed(0)
+    )
+    predicted, actual = terminated.numpy(), val.terminated
+    true_pos = float((predicted & actual).sum())
+    f1 = 2 * true_pos / float(predicted.sum() + actual.sum())
+    print(
+        f"CartPole termination: accuracy {np.mean(predicted == actual):.4f}, F1 {f1:.3f}, "
+        f"recall on terminal transitions {true_pos / actual.sum():.3f} ({int(actual.sum())} terminal)"
+    )
+    assert np.mean(predicted == actual) > 0.98
+    assert f1 > 0.8
+    assert true_pos / actual.sum() > 0.8
