@@ -249,8 +249,9 @@ def collect(
         epsilon: probability of replacing a callable policy's action by a uniform random one.
         action_noise: Gaussian noise added to a callable policy's actions, std as a fraction of the action range
             (Box only), clipped to the bounds.
-        address: Ray cluster address; else ``RAY_ADDRESS``; else an already initialised Ray; else an embedded
-            local cluster (no dashboard, ``num_cpus = os.cpu_count()``) that is shut down afterwards.
+        address: Ray cluster to connect to; else ``RAY_ADDRESS``; else an embedded local cluster (no dashboard,
+            ``num_cpus = os.cpu_count()``). Either is disconnected / shut down afterwards. If this process has
+            already initialised Ray, that connection is used as it is and left open.
         resume: keep the complete shards of an interrupted run with the same parameters and finish it.
         overwrite: replace a previous dataset (only simgan's own files; refuses other files).
         chunk_steps: minimum transitions per shard (except each worker's last); default from the budget.
