@@ -308,8 +308,9 @@ def collect(
         start_chunks.append(None if finished else len(entries))
     bar = _ProgressBar(steps, sum(e["count"] for e in shards.values()), enabled=progress)
     try:
-        runner = _run_local if workers == 0 else _run_ray
-        runner(configs, start_chunks, callable_policy, out, shards, bar, address)
+        if any(start is not None for start in start_chunks):  # else only the manifest was missing
+            runner = _run_local if workers == 0 else _run_ray
+            runner(configs, start_chunks, callable_policy, out, shards, bar, address)
     finally:
         bar.close()
 

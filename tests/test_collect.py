@@ -148,6 +148,10 @@ def test_resume_after_simulated_interruption_equals_uninterrupted(tmp_path: Path
     assert dir_bytes(cut) == dir_bytes(tmp_path / "ref")
     # resuming a complete dataset is a no-op that returns it
     assert len(collect("Pendulum-v1", out=cut, resume=True, **kwargs)) == 2500
+    # killed after the last shard, before the manifest: resume only writes the manifest
+    (cut / MANIFEST_NAME).unlink()
+    collect("Pendulum-v1", out=cut, resume=True, **kwargs)
+    assert dir_bytes(cut) == dir_bytes(tmp_path / "ref")
 
 
 def test_resume_with_different_parameters_is_refused(tmp_path: Path) -> None:
