@@ -201,6 +201,7 @@ class TrainResult:
     episode_returns: list[float]
     episode_steps: list[int]  # global env step (transitions) at which each episode ended
     losses: list[dict[str, float]]
+    replay_buffer: Any = None  # SAC: the final replay buffer (for inspection; not saved with the agent)
 
 
 def hparams_table(config: dict[str, Any]) -> str:

@@ -407,7 +407,9 @@ def train_sac(
         )
 
     tracker = EpisodeTracker(envs.num_envs)
-    result = TrainResult(agent=agent, episode_returns=tracker.returns, episode_steps=[], losses=[])
+    result = TrainResult(
+        agent=agent, episode_returns=tracker.returns, episode_steps=[], losses=[], replay_buffer=buffer
+    )
     obs, _ = envs.reset(seed=cfg.seed)
     needs_reset = np.zeros(envs.num_envs, dtype=bool)  # NEXT_STEP: these sub-envs reset on the next step
     global_step, update_credit, start = 0, 0.0, time.perf_counter()

@@ -108,6 +108,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise AgentCLIError(f"--steps: expected >= 1, got {args.steps}")
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the agents' small MLPs run fastest single-threaded (and leave cores to envs)
     torch.manual_seed(args.seed)
     env = make_training_env(args, device)
     source = args.env or f"sim:{Path(args.sim).name}"

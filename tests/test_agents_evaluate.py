@@ -1,0 +1,62 @@
+"""evaluate_policy on real envs: single env and vector env, Policies and plain callables, seeding."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from agents import EvalResult, RandomPolicy, evaluate_policy
+
+
+def test_single_env_random_policy_cartpole():
+    env = gym.make("CartPole-v1")
+    policy = RandomPolicy(env.observation_space, env.action_space, seed=0)
+    result = evaluate_policy(policy, env, episodes=5, seed=3)
+    assert isinstance(result, EvalResult) and len(result.returns) == 5
+    assert result.returns == [float(n) for n in result.lengths]  # CartPole pays 1 per step
+    assert result.mean_return == pytest.approx(np.mean(result.returns))
+    assert result.std_return == pytest.approx(np.std(result.returns))
+    assert 8 <= result.mean_return <= 100  # a random CartPole policy falls within ~10-50 steps
+    again = evaluate_policy(
+        RandomPolicy(env.observation_space, env.action_space, seed=0), env, episodes=5, seed=3
+    )
+    assert again.returns == result.returns  # same seeds, same episodes
+
+
+def test_plain_callable_and_time_limit():
+    env = gym.make("Pendulum-v1")
+    result = evaluate_policy(lambda obs: np.zeros((len(obs), 1), np.float32), env, episodes=2, seed=0)
+    assert result.lengths == [200, 200]  # the env's TimeLimit ends Pendulum episodes
+    assert all(r < 0 for r in result.returns)
+    capped = evaluate_policy(lambda obs: np.zeros((len(obs), 1), np.float32), env, episodes=1, max_steps=10)
+    assert capped.lengths == [10]
+
+
+def test_vector_env_runs_exactly_the_requested_episodes():
+    envs = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync")
+    policy = RandomPolicy(envs.single_observation_space, envs.single_action_space, seed=1)
+    result = evaluate_policy(policy, envs, episodes=7, seed=0)
+    assert len(result.returns) == 7 and result.returns == [float(n) for n in result.lengths]
+    assert all(n >= 8 for n in result.lengths)
+
+
+def test_reset_hook_is_called_once_per_episode():
+    class Counting(RandomPolicy):
+        resets = 0
+
+        def reset(self):
+            self.resets += 1
+
+    env = gym.make("CartPole-v1")
+    policy = Counting(env.observation_space, env.action_space)
+    evaluate_policy(policy, env, episodes=4)
+    assert policy.resets == 4
+
+
+def test_bad_arguments():
+    env = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match="episodes: expected >= 1, got 0"):
+        evaluate_policy(lambda obs: np.zeros(len(obs), np.int64), env, episodes=0)
+    with pytest.raises(TypeError, match="expected a Policy or a callable obs -> action, got int"):
+        evaluate_policy(3, env)
