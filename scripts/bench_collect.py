@@ -91,8 +91,8 @@ def bench_collect(env_id: str, steps: int, workers: int, root: Path) -> dict[str
 
 
 def best(row: dict, name: str, value: float) -> bool:
-    """Keep the highest rate seen for ``name``; True if ``value`` is the new best."""
-    if value > row.get(name, float("-inf")):
+    """Keep the highest rate seen for ``name`` (nan, from a run too short to time, loses to any number)."""
+    if name not in row or value > row[name] or (np.isnan(row[name]) and not np.isnan(value)):
         row[name] = value
         return True
     return False
