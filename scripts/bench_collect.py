@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import make_env
-from simgan.collect import collect, default_envs_per_worker
+from simgan.collection import collect, default_envs_per_worker
 
 # env id -> steps for each measurement
 DEFAULT_STEPS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 30_000}

@@ -1,6 +1,6 @@
 """The rollout worker: K envs stepped in lockstep by a policy, returning whole episodes in chunks (no Ray here).
 
-:func:`simgan.collect.collect` runs a :class:`RolloutWorker` in-process (workers=0) or wraps it with
+:func:`simgan.collection.collect` runs a :class:`RolloutWorker` in-process (workers=0) or wraps it with
 ``ray.remote``. A worker's output is a pure function of its :class:`WorkerConfig` and policy:
 
 - seeding: ``SeedSequence(seed + worker_index).spawn(K + 1)``; child ``j < K`` seeds sub-env ``j``'s first reset

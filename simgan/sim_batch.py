@@ -165,6 +165,11 @@ class BatchSimulator:
                 raise ValueError(f"initial_states: expected 'dataset', an array or a callable, got {table!r}")
             table = np.asarray(table, dtype=np.float32)
             table = table[None] if table.ndim == 1 else table
+            if isinstance(initial_states, str) and len(table) == 0:
+                raise ValueError(
+                    "initial_states='dataset': expected start states in model.info.initial_states, got none; "
+                    "pass initial_states=<array N x obs_dim> or a callable"
+                )
             if table.ndim != 2 or table.shape[1] != self.obs_dim or len(table) == 0:
                 raise ValueError(
                     f"initial_states: expected an array of shape (N, {self.obs_dim}) with N >= 1, got {table.shape}"
@@ -307,21 +312,25 @@ class BatchSimulator:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             next_obs, reward, terminated = self.model.sample(obs, action, noise=noise)
         next_obs = next_obs.to(torch.float32)
+        model_reward = reward = reward.reshape(self.num_envs).to(torch.float32)
         if self.reward_fn is not None:
-            reward = self.reward_fn(obs, action, next_obs)
+            reward = self.reward_fn(obs, action, next_obs).reshape(self.num_envs).to(torch.float32)
         if self.termination_fn is not None:
             terminated = self.termination_fn(obs, action, next_obs)
-        reward = reward.reshape(self.num_envs).to(torch.float32)
         terminated = terminated.reshape(self.num_envs).to(torch.bool)
 
         # A non-finite output truncates the step and keeps the last finite observation.
-        finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(reward) & action_ok
+        finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(model_reward) & action_ok
+        if self.reward_fn is not None:
+            finite = finite & torch.isfinite(reward)
         next_obs = torch.where(finite[:, None], next_obs, obs)
         reward = torch.where(finite, reward, 0.0)
         out_of_support = ((next_obs < self.support_low) | (next_obs > self.support_high)).any(dim=1) & finite
         if self.compute_realism:
+            # The model judges its own transition (its reward, not a custom reward_fn's).
+            model_reward = torch.where(finite, model_reward, 0.0)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                realism = self.model.realism(obs, action, next_obs, reward)
+                realism = self.model.realism(obs, action, next_obs, model_reward)
             realism = realism.reshape(self.num_envs).to(torch.float32)
             realism = torch.where(finite, torch.nan_to_num(realism, nan=0.0).clamp(0.0, 1.0), 0.0)
         else:

@@ -1,6 +1,6 @@
 """The training configuration (stdlib only, so building the CLI parser does not import torch).
 
-:class:`TrainConfig` is re-exported by :mod:`simgan.train`; defaults were chosen by measurement on Pendulum-v1,
+:class:`TrainConfig` is re-exported by :mod:`simgan.training`; defaults were chosen by measurement on Pendulum-v1,
 CartPole-v1 and the multimodal benchmark envs (see the training report).
 """
 

@@ -13,7 +13,7 @@ import torch
 import simgan
 from simgan.checkpoint import CheckpointError, load_model, load_train_state
 from simgan.models import ConditionalGAN
-from simgan.train import TrainConfig, train
+from simgan.training import TrainConfig, train
 
 TINY = TrainConfig(
     steps=20,

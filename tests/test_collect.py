@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from envs import make_env
-from simgan.collect import EPISODE_ID_STRIDE, CollectError, RolloutWorker, WorkerConfig, collect, split_budget
+from simgan.collection import EPISODE_ID_STRIDE, CollectError, RolloutWorker, WorkerConfig, collect, split_budget
 from simgan.data import MANIFEST_NAME, encode_shard, load_dataset
 from simgan.fsutil import TMP_PREFIX
 from simgan.spaces import UnsupportedSpaceError

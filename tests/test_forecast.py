@@ -1,11 +1,11 @@
-"""simgan.forecast on hand-computable WorldModels (tests/worldmodels.py)."""
+"""simgan.forecasting on hand-computable WorldModels (tests/worldmodels.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from simgan.forecast import Forecast, ForecastError, fan_chart, forecast, summary_table
+from simgan.forecasting import Forecast, ForecastError, fan_chart, forecast, summary_table
 from tests.worldmodels import DiscreteLinearModel, LinearModel
 
 

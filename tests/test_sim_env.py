@@ -206,6 +206,13 @@ def test_non_finite_model_output_never_reaches_the_agent(kind):
     assert env.stats["non_finite"] == 1
 
 
+def test_a_custom_reward_does_not_hide_a_broken_model():
+    env = SimEnv(PoisonedModel("nan_reward"), reward_fn=lambda obs, action, next_obs: next_obs[:, 0])
+    env.reset(options={"state": np.array([0.1, 0.2, 0.9], dtype=np.float32)})
+    _, reward, _, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+    assert reward == 0.0 and truncated and info["non_finite"]
+
+
 # ---- bad input -------------------------------------------------------------------------------------------------
 def test_step_before_reset_raises_reset_needed():
     with pytest.raises(gym.error.ResetNeeded):

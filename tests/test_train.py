@@ -15,7 +15,7 @@ import torch
 import simgan
 from simgan import losses
 from simgan.checkpoint import load_model, load_model_files, load_train_state
-from simgan.train import RunDirectoryError, TrainConfig, TrainingDivergedError, train
+from simgan.training import RunDirectoryError, TrainConfig, TrainingDivergedError, train
 
 TINY = TrainConfig(
     steps=30,
@@ -213,7 +213,7 @@ def test_pendulum_one_step_error_far_below_identity(tmp_path: Path) -> None:
     model = train(
         data,
         tmp_path / "run",
-        TrainConfig(steps=2000, eval_every=500, figures=False, device="cpu"),
+        TrainConfig(steps=1500, eval_every=500, figures=False, device="cpu"),
         progress=False,
     )
     metrics = json.loads((tmp_path / "run" / "model.json").read_text())["metrics"]
@@ -235,7 +235,7 @@ def test_cartpole_termination_head_is_accurate(tmp_path: Path) -> None:
     model = train(
         data,
         tmp_path / "run",
-        TrainConfig(steps=1500, eval_every=500, figures=False, device="cpu"),
+        TrainConfig(steps=1000, eval_every=500, figures=False, device="cpu"),
         progress=False,
     )
     val = data.validation

@@ -19,6 +19,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "train", "train a world model (conditional GAN or Gaussian ensemble) on a dataset"),
     ("simulate", "simulate", "run the learned env built from a model directory (thousands of sub-envs at once)"),
     ("forecast", "forecast", "sample many possible futures from given states; write fan charts"),
+    ("loop", "loop", "model-based RL loop: collect real data, train a world model, train the agent inside it"),
+    ("evaluate", "evaluate", "fidelity metrics of one or more model directories on a dataset, side by side"),
 ]
 
 

@@ -30,16 +30,22 @@ def _add_env_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--sim", metavar="RUN", help="a model directory: run inside the learned env simgan/Sim-v0"
     )
-    parser.add_argument("--num-envs", type=int, default=1, help="parallel sub-envs (vector env)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of networks, env resets and sampling")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        default=1,
+        help="parallel sub-envs (a vector env when > 1; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of networks, env resets and sampling (default: %(default)s)"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    train = sub.add_parser("train", help="train an agent (SAC or PPO)", formatter_class=fmt)
+    train = sub.add_parser("train", help="train an agent (SAC or PPO)")
     train.add_argument("--algo", choices=["sac", "ppo"], required=True, help="learning algorithm")
     _add_env_args(train)
     train.add_argument("--steps", type=int, required=True, help="env transitions to train for (all sub-envs)")
@@ -52,14 +58,24 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "--learning-starts", type=int, help="SAC: random-action transitions first (default 1000)"
     )
     train.add_argument(
-        "--eval-episodes", type=int, default=10, help="episodes of the final evaluation (0: none)"
+        "--eval-episodes",
+        type=int,
+        default=10,
+        help="episodes of the final evaluation, 0 for none (default: %(default)s)",
     )
-    train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    train.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar (default: on)",
+    )
 
-    evaluate = sub.add_parser("eval", help="evaluate a saved agent", formatter_class=fmt)
+    evaluate = sub.add_parser("eval", help="evaluate a saved agent")
     evaluate.add_argument("--agent", required=True, help="agent directory written by `simgan agent train`")
     _add_env_args(evaluate)
-    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to average")
+    evaluate.add_argument(
+        "--episodes", type=int, default=10, help="episodes to average (default: %(default)s)"
+    )
     evaluate.add_argument(
         "--stochastic", action="store_true", help="sample actions instead of the policy's mode"
     )
@@ -109,7 +125,9 @@ def _train(args: argparse.Namespace) -> int:
         raise AgentCLIError(f"--steps: expected >= 1, got {args.steps}")
     device = resolve_device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(1)  # the agents' small MLPs run fastest single-threaded (and leave cores to envs)
+        torch.set_num_threads(
+            1
+        )  # the agents' small MLPs run fastest single-threaded (and leave cores to envs)
     torch.manual_seed(args.seed)
     env = make_training_env(args, device)
     source = args.env or f"sim:{Path(args.sim).name}"

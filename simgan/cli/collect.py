@@ -1,9 +1,17 @@
-"""``simgan collect``: collect rollouts of a gymnasium env (on Ray workers) into a verified dataset."""
+"""``simgan collect``: collect rollouts of a gymnasium env (on Ray workers) into a verified dataset.
+
+    simgan collect --env Pendulum-v1 --steps 100000 --workers 4 --out data/pendulum
+    simgan collect --env Pendulum-v1 --steps 10000 --policy runs/sac-agent --action-noise 0.1 --out data/sac
+
+``--policy PATH`` takes an agent directory written by ``simgan agent train`` (or by ``simgan loop``). The CLI is
+allowed to import ``agents``; the library's :func:`simgan.collection.collect` only ever sees a plain callable.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -21,7 +29,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default="random",
-        help="'random' (uniform over the action space); saved-agent policies by path are not supported yet",
+        help="'random' (uniform over the action space) or PATH: an agent directory written by `simgan agent train`",
     )
     parser.add_argument(
         "--envs-per-worker",
@@ -83,10 +91,73 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
+class SavedAgentPolicy:
+    """A saved agent as a picklable ``obs (K x obs_dim) -> actions`` callable for :func:`simgan.collection.collect`.
+
+    The agent is loaded (and its spaces checked) once at construction, so a bad directory fails before anything
+    is written; pickling ships only the path and the spaces, and each Ray worker loads its own copy on first use
+    (torch generators and modules never cross process boundaries).
+
+    Args:
+        path: agent directory (``agent.json`` + safetensors).
+        observation_space: the env's observation space; must equal the agent's.
+        action_space: the env's action space; must equal the agent's.
+        deterministic: act with the policy's mode instead of sampling.
+    """
+
+    def __init__(
+        self, path: str | Path, observation_space: Any, action_space: Any, deterministic: bool = False
+    ):
+        self.path = str(path)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.deterministic = deterministic
+        self._agent: Any = None
+        self._load()
+
+    def _load(self) -> Any:
+        from agents import load_agent
+
+        self._agent = load_agent(self.path, self.observation_space, self.action_space, device="cpu")
+        return self._agent
+
+    def __call__(self, obs: Any) -> Any:
+        agent = self._agent if self._agent is not None else self._load()
+        return agent.act(obs, deterministic=self.deterministic)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_agent": None}
+
+    def __repr__(self) -> str:
+        return f"SavedAgentPolicy({self.path!r})"
+
+
+def resolve_policy(policy: str, env_id: str, env_kwargs: dict[str, Any]) -> Any:
+    """``--policy``: ``"random"`` as is, else a :class:`SavedAgentPolicy` for the agent directory ``policy``.
+
+    Raises:
+        ValueError: ``policy`` is neither ``random`` nor an agent directory (or the agent does not fit the env).
+    """
+    if policy == "random":
+        return policy
+    if not Path(policy).is_dir():
+        raise ValueError(
+            f"--policy: expected 'random' or an agent directory (written by `simgan agent train`), got {policy!r}"
+            " (no such directory)"
+        )
+    from envs import make_env
+
+    probe = make_env(env_id, env_kwargs)
+    try:
+        return SavedAgentPolicy(policy, probe.observation_space, probe.action_space)
+    finally:
+        probe.close()
+
+
 def run(args: argparse.Namespace) -> int:
     env_kwargs = parse_env_kwargs(args.env_kwargs)
+    policy = resolve_policy(args.policy, args.env, env_kwargs)
 
-    from simgan.collect import collect
+    from simgan.collection import collect
     from simgan.data import summarize
 
     dataset = collect(
@@ -95,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         workers=args.workers,
         seed=args.seed,
-        policy=args.policy,
+        policy=policy,
         envs_per_worker=args.envs_per_worker,
         env_kwargs=env_kwargs,
         epsilon=args.epsilon,

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from simgan.checkpoint import load_model
-    from simgan.forecast import fan_chart, forecast, summary_table
+    from simgan.forecasting import fan_chart, forecast, summary_table
 
     model = load_model(args.model, device=args.device)
     if args.state is not None:

@@ -29,7 +29,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from simgan.config import dataclass_from_namespace
     from simgan.data import load_dataset
-    from simgan.train import check_run_directory
+    from simgan.training import check_run_directory
     from simgan.train_config import TrainConfig
 
     out = Path(args.out)
@@ -40,14 +40,14 @@ def run(args: argparse.Namespace) -> int:
     config = dataclass_from_namespace(TrainConfig, args)
     if args.resume:
         # The saved run defines everything but the budget and the device.
-        from simgan.train import saved_config
+        from simgan.training import saved_config
 
         saved = saved_config(out)
         config = replace(saved, steps=config.steps, epochs=config.epochs, device=config.device)
         if config.steps is None and config.epochs is None:
             config = replace(config, steps=saved.steps, epochs=saved.epochs)
     dataset = load_dataset(args.data, validation_fraction=config.validation_fraction)
-    from simgan.train import train
+    from simgan.training import train
 
     train(dataset, out, config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     _print_summary(out)
