@@ -1,0 +1,472 @@
+"""The Gaussian-ensemble baseline (PETS / MBPO, mbrl-lib style): what users run today, for honest comparisons.
+
+An ensemble of M MLPs (default 7 members, 4 x 200 SiLU), each predicting a diagonal Gaussian over the normalised
+target ``(s' - s, r)`` plus a termination logit. All members run as one batched computation: layer weights are
+M x in x out tensors applied with ``torch.baddbmm``. Training follows PETS: every member sees its own bootstrap
+resample of the training split, the loss is the Gaussian NLL (plus BCE for termination), and the log-variance is
+softplus-bounded between learned ``min_logvar`` / ``max_logvar`` (with a small penalty pulling the bounds
+together). After training, the ``elites`` members with the lowest validation MSE are kept for prediction.
+
+WorldModel interface (see :mod:`simgan.world_model`), T = obs_dim + 1 target dimensions:
+
+* ``sample``: ``noise`` is B x (T + 1) standard normal. Column T picks the elite member (through the normal CDF,
+  so it is uniform over elites), columns 0..T-1 draw the Gaussian sample: ``target = mu + sigma * noise[:, :T]``.
+  ``terminated = p > 0.5`` with p the chosen member's termination probability (as the GAN does).
+* ``mean``: the mean over elites of the members' means (the model's conditional mean).
+* ``realism``: the log-density of the transition under the elite *mixture* (an equal-weight mixture of the
+  elites' Gaussians). Member disagreement (epistemic uncertainty) widens the mixture, so a transition in a
+  region the members disagree about is judged less sharply; the density is then calibrated to [0, 1] as the
+  fraction of real validation transitions with a lower log-density.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simgan.checkpoint import CheckpointError, ModelFiles, save_model
+from simgan.data import TransitionBatch
+from simgan.errors import SimganError
+from simgan.world_model import ModelInfo, encode_action
+
+_MIN_STD = 1e-6
+
+
+class EnsembleError(SimganError, ValueError):
+    """Bad input to the ensemble (shapes, configuration)."""
+
+
+@dataclass
+class EnsembleConfig:
+    """Hyperparameters of :func:`train_ensemble` (defaults follow mbrl-lib's MBPO configs)."""
+
+    members: int = field(default=7, metadata={"help": "ensemble members, each trained on its own bootstrap"})
+    elites: int = field(default=5, metadata={"help": "members kept for prediction (lowest validation MSE)"})
+    hidden: tuple[int, ...] = field(
+        default=(200, 200, 200, 200), metadata={"help": "hidden layer widths (SiLU)"}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=5e-5, metadata={"help": "L2 weight decay on the layer weights"})
+    batch_size: int = field(default=256, metadata={"help": "transitions per member per optimiser step"})
+    steps: int = field(
+        default=20000, metadata={"help": "maximum optimiser steps (early stopping may end sooner)"}
+    )
+    eval_every: int = field(default=250, metadata={"help": "optimiser steps between validation passes"})
+    patience: int = field(
+        default=8, metadata={"help": "validation passes without improvement before stopping"}
+    )
+    improvement_threshold: float = field(
+        default=0.01,
+        metadata={"help": "relative drop of a member's validation MSE that counts as improvement"},
+    )
+    max_validation: int = field(
+        default=20000, metadata={"help": "validation transitions used (seeded subsample)"}
+    )
+    holdout_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of training transitions held out when the dataset has no validation"},
+    )
+    logvar_bound_weight: float = field(default=0.01, metadata={"help": "penalty on max_logvar - min_logvar"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, bootstraps and batches"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.members < 1 or not 1 <= self.elites <= self.members:
+            raise EnsembleError(
+                f"elites: expected 1 <= elites <= members ({self.members}), got {self.elites}"
+            )
+        for name in ("batch_size", "steps", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                raise EnsembleError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+
+class GaussianEnsemble(nn.Module):
+    """A bootstrapped ensemble of probabilistic MLPs; implements :class:`simgan.world_model.WorldModel`."""
+
+    def __init__(self, info: ModelInfo, config: EnsembleConfig) -> None:
+        super().__init__()
+        self.info, self.config = info, config
+        obs_dim, in_dim = info.obs_dim, info.obs_dim + info.action_input_dim
+        self.target_dim = obs_dim + 1
+        self.noise_dim = self.target_dim + 1
+        sizes = [in_dim, *config.hidden, 2 * self.target_dim + 1]
+        m = config.members
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.zeros(m, a, b)) for a, b in itertools.pairwise(sizes)
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(m, 1, b)) for b in sizes[1:])
+        self.max_logvar = nn.Parameter(torch.full((self.target_dim,), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((self.target_dim,), -10.0))
+        for name, dim in (("input", in_dim), ("target", self.target_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+        self.register_buffer("elite_index", torch.arange(config.elites))
+        self.register_buffer("realism_reference", torch.zeros(0))
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_mean.device
+
+    # ---- setup -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Truncated-normal weights (std 1 / (2 sqrt(fan_in)), as mbrl-lib), zero biases; seeded."""
+        for weight, bias in zip(self.weights, self.biases):
+            std = 1.0 / (2.0 * math.sqrt(weight.shape[1]))
+            values = torch.randn(weight.shape, generator=generator).clamp_(-2.0, 2.0) * std
+            weight.copy_(values)
+            bias.zero_()
+
+    @torch.no_grad()
+    def fit_normalizer(self, batch: TransitionBatch) -> None:
+        """Input and target statistics from the training split (one-hot actions stay unscaled)."""
+        inputs = torch.cat(
+            [
+                torch.as_tensor(batch.obs),
+                encode_action(torch.as_tensor(batch.action), self.info.action_space),
+            ],
+            1,
+        ).double()
+        targets = torch.cat(
+            [torch.as_tensor(batch.next_obs - batch.obs), torch.as_tensor(batch.reward)[:, None]], 1
+        ).double()
+        for name, values in (("input", inputs), ("target", targets)):
+            mean, std = values.mean(0), values.std(0)
+            std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+            getattr(self, f"{name}_mean").copy_(mean.float())
+            getattr(self, f"{name}_std").copy_(std.float())
+        if self.info.is_discrete:  # a one-hot column is an indicator: keep it 0/1
+            self.input_mean[self.info.obs_dim :] = 0.0
+            self.input_std[self.info.obs_dim :] = 1.0
+
+    # ---- tensors in, tensors out -----------------------------------------------------------------------------
+    def normalized_inputs(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Raw obs B x O and action (B x act_dim, or B ints) -> normalised inputs B x (O + A)."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if obs.dim() != 2 or obs.shape[1] != self.info.obs_dim:
+            raise EnsembleError(f"obs: expected shape B x {self.info.obs_dim}, got {tuple(obs.shape)}")
+        action_input = encode_action(torch.as_tensor(action, device=self.device), self.info.action_space)
+        if action_input.shape != (obs.shape[0], self.info.action_input_dim):
+            raise EnsembleError(
+                f"action: expected {obs.shape[0]} actions of width {self.info.action_input_dim}, "
+                f"got shape {tuple(torch.as_tensor(action).shape)}"
+            )
+        return (torch.cat([obs, action_input], 1) - self.input_mean) / self.input_std
+
+    def normalized_targets(
+        self, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """B x T: the normalised (next_obs - obs, reward)."""
+        target = torch.cat([next_obs - obs, reward.reshape(-1, 1)], 1)
+        return (target - self.target_mean) / self.target_std
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised inputs (B x I, or M x B x I: one batch per member) -> every member's prediction.
+
+        Returns:
+            mean M x B x T, bounded log-variance M x B x T, termination logit M x B.
+        """
+        h = inputs.expand(len(self.weights[0]), *inputs.shape[-2:]) if inputs.dim() == 2 else inputs
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(bias, h, weight)  # M x B x out
+            if i < last:
+                h = F.silu(h)
+        mean, raw_logvar, logit = h.split([self.target_dim, self.target_dim, 1], dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar, logit.squeeze(-1)
+
+    def _untarget(self, obs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = target * self.target_std + self.target_mean
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return obs + raw[:, :-1], raw[:, -1]
+
+    # ---- the WorldModel interface ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
+        inputs = self.normalized_inputs(obs, action)
+        batch = inputs.shape[0]
+        if noise is None:
+            noise = torch.randn(batch, self.noise_dim, generator=generator, device=self.device)
+        noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+        if noise.shape != (batch, self.noise_dim):
+            raise EnsembleError(f"noise: expected shape {(batch, self.noise_dim)}, got {tuple(noise.shape)}")
+        mean, logvar, logit = self.forward(inputs)
+        # normal CDF of the last column -> uniform in (0, 1) -> one elite per row
+        uniform = 0.5 * (1.0 + torch.erf(noise[:, -1] / math.sqrt(2.0)))
+        n_elites = len(self.elite_index)
+        member = self.elite_index[(uniform * n_elites).long().clamp_(0, n_elites - 1)]
+        rows = torch.arange(batch, device=self.device)
+        target = mean[member, rows] + torch.exp(0.5 * logvar[member, rows]) * noise[:, : self.target_dim]
+        next_obs, reward = self._untarget(obs, target)
+        return next_obs, reward, logit[member, rows] > 0.0
+
+    @torch.no_grad()
+    def mean(
+        self, obs: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The elites' average prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B)."""
+        mean, _, logit = self.forward(self.normalized_inputs(obs, action))
+        next_obs, reward = self._untarget(obs, mean[self.elite_index].mean(0))
+        return next_obs, reward, torch.sigmoid(logit[self.elite_index]).mean(0)
+
+    @torch.no_grad()
+    def log_density(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-density (normalised units) of each transition under the equal-weight elite mixture, B floats."""
+        inputs = self.normalized_inputs(obs, action)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
+        if next_obs.shape != obs.shape:
+            raise EnsembleError(f"next_obs: expected shape {tuple(obs.shape)}, got {tuple(next_obs.shape)}")
+        reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device).reshape(-1)
+        if reward.shape[0] != obs.shape[0]:
+            raise EnsembleError(f"reward: expected {obs.shape[0]} values, got shape {tuple(reward.shape)}")
+        target = self.normalized_targets(obs, next_obs, reward)
+        mean, logvar, _ = self.forward(inputs)
+        mean, logvar = mean[self.elite_index], logvar[self.elite_index]  # K x B x T
+        per_member = -0.5 * (
+            ((target - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)
+        ).sum(-1)
+        return torch.logsumexp(per_member, dim=0) - math.log(len(self.elite_index))
+
+    @torch.no_grad()
+    def realism(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
+        scores = self.log_density(obs, action, next_obs, reward)
+        if self.realism_reference.numel() == 0:
+            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
+        index = torch.searchsorted(self.realism_reference, scores.contiguous())
+        return index.to(torch.float32) / self.realism_reference.numel()
+
+    @torch.no_grad()
+    def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:
+        """Store the sorted log-densities of real (validation) transitions as the realism reference."""
+        scores = [
+            self.log_density(
+                torch.as_tensor(batch.obs[i : i + chunk]),
+                torch.as_tensor(batch.action[i : i + chunk]),
+                torch.as_tensor(batch.next_obs[i : i + chunk]),
+                torch.as_tensor(batch.reward[i : i + chunk]),
+            )
+            for i in range(0, len(batch), chunk)
+        ]
+        self.realism_reference = torch.sort(torch.cat(scores)).values
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:
+        """Write a model directory (``kind="ensemble"``) loadable with :func:`simgan.checkpoint.load_model`."""
+        config = asdict(self.config)
+        config["hidden"] = list(self.config.hidden)
+        tensors = {name: t.detach() for name, t in self.state_dict().items()}
+        save_model(
+            directory,
+            kind="ensemble",
+            config={"ensemble": config},
+            info=self.info,
+            tensors=tensors,
+            metrics=metrics,
+        )
+
+    @classmethod
+    def from_checkpoint(cls, files: ModelFiles, device: torch.device | str = "cpu") -> GaussianEnsemble:
+        """Rebuild from a model directory's contents (see :func:`simgan.checkpoint.load_model`)."""
+        try:
+            config = EnsembleConfig(**files.config["ensemble"])
+        except (KeyError, TypeError, SimganError) as exc:
+            raise CheckpointError(f"model.json: cannot read the ensemble's config ({exc})") from exc
+        model = cls(files.info, config)
+        tensors = dict(files.tensors)
+        model.realism_reference = torch.empty_like(tensors.get("realism_reference", torch.zeros(0)))
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights: do not match the stored ensemble architecture: {exc}") from exc
+        return model.to(device).eval()
+
+
+def split_for_training(dataset: Any, config: EnsembleConfig) -> tuple[TransitionBatch, TransitionBatch]:
+    """(training, validation) batches: the dataset's episode split, or a seeded row holdout if it has none."""
+    train, validation = dataset.train, dataset.validation
+    if len(validation) == 0:
+        rng = np.random.default_rng(config.seed)
+        held = rng.random(len(train)) < config.holdout_fraction
+        train, validation = train.select(~held), train.select(held)
+    if len(train) == 0 or len(validation) == 0:
+        raise EnsembleError(
+            f"dataset: expected transitions for both training and validation, got {len(train)} and {len(validation)}"
+        )
+    if len(validation) > config.max_validation:
+        rows = np.sort(
+            np.random.default_rng(config.seed).choice(len(validation), config.max_validation, False)
+        )
+        validation = validation.select(rows)
+    return train, validation
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tensors(
+    model: GaussianEnsemble, batch: TransitionBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalised inputs N x I, normalised targets N x T, terminated N float) on the model's device."""
+    obs = torch.as_tensor(batch.obs, device=model.device)
+    inputs = model.normalized_inputs(obs, torch.as_tensor(batch.action))
+    targets = model.normalized_targets(
+        obs,
+        torch.as_tensor(batch.next_obs, device=model.device),
+        torch.as_tensor(batch.reward, device=model.device),
+    )
+    return inputs, targets, torch.as_tensor(batch.terminated, device=model.device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def _member_mse(
+    model: GaussianEnsemble, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 8192
+) -> torch.Tensor:
+    """Validation MSE of every member's mean (normalised units), M floats."""
+    total = torch.zeros(model.config.members, device=model.device)
+    for i in range(0, len(inputs), chunk):
+        mean, _, _ = model(inputs[i : i + chunk])
+        total += ((mean - targets[i : i + chunk]) ** 2).sum(dim=(1, 2))
+    return total / targets.numel()
+
+
+def train_ensemble(
+    dataset: Any, out: str | Path | None = None, config: EnsembleConfig | None = None
+) -> GaussianEnsemble:
+    """Train a :class:`GaussianEnsemble` on a dataset's training split; early-stop and pick elites on validation.
+
+    Args:
+        dataset: a :class:`simgan.data.Dataset` (its ``validation`` episodes drive early stopping and elites).
+        out: model directory to write (checkpoint + TensorBoard logs under ``out/tb``); None writes nothing.
+        config: hyperparameters; defaults to ``EnsembleConfig()``.
+
+    Returns:
+        The trained model (eval mode), each member at its best validation snapshot, elites set, realism calibrated.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from simgan.device import resolve_device
+
+    config = config or EnsembleConfig()
+    device = resolve_device(config.device)
+    generator = torch.Generator().manual_seed(config.seed)  # CPU: same numbers on every device
+    train_batch, val_batch = split_for_training(dataset, config)
+    model = GaussianEnsemble(ModelInfo.from_dataset(dataset), config)
+    model.reset_parameters(generator)
+    model.fit_normalizer(train_batch)
+    model.to(device)
+    inputs, targets, terminated = _tensors(model, train_batch)  # N x I, N x T, N
+    val_inputs, val_targets, _ = _tensors(model, val_batch)
+    n, m = len(inputs), config.members
+    bootstrap = torch.randint(0, n, (m, n), generator=generator).to(device)  # each member's resample, M x N
+
+    layer_weights = list(model.weights)
+    others = [p for p in model.parameters() if all(p is not w for w in layer_weights)]
+    optimizer = torch.optim.Adam(
+        [
+            {"params": layer_weights, "weight_decay": config.weight_decay},
+            {"params": others, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    writer = None
+    if out is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(out) / "tb"))
+        rows = "\n".join(f"|{k}|{v}|" for k, v in asdict(config).items())
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
+
+    best_mse = torch.full((m,), float("inf"), device=device)
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stale, start, step = 0, time.perf_counter(), 0
+    bar = tqdm(range(config.steps), desc="ensemble", disable=not config.progress, dynamic_ncols=True)
+    for step in bar:
+        # ---- one bootstrapped minibatch per member: M x B rows ----------------------------------------------
+        pick = torch.randint(0, n, (m, config.batch_size), generator=generator).to(device)
+        rows = bootstrap.gather(1, pick)
+        mean, logvar, logit = model(inputs[rows])  # M x B x T, M x B x T, M x B
+        nll = (((mean - targets[rows]) ** 2) * torch.exp(-logvar) + logvar).mean()
+        bce = F.binary_cross_entropy_with_logits(logit, terminated[rows])
+        bound = config.logvar_bound_weight * (model.max_logvar.sum() - model.min_logvar.sum())
+        loss = nll + bce + bound
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        # ---- validation: keep each member's best snapshot; stop when none improves ----------------------------
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            mse = _member_mse(model, val_inputs, val_targets)
+            improved = (best_mse - mse) / best_mse.abs().clamp_min(1e-12) > config.improvement_threshold
+            improved |= torch.isinf(best_mse)
+            if improved.any():
+                best_mse = torch.where(improved, mse, best_mse)
+                for name, value in model.state_dict().items():
+                    if name.startswith(("weights.", "biases.")):
+                        best_state[name][improved] = value[improved]
+                    else:
+                        best_state[name] = value.detach().clone()
+                stale = 0
+            else:
+                stale += 1
+            bar.set_postfix(nll=f"{nll.item():.3f}", val_mse=f"{mse.min().item():.4g}")
+            if writer is not None:
+                writer.add_scalar("losses/nll", nll.item(), step + 1)
+                writer.add_scalar("losses/termination_bce", bce.item(), step + 1)
+                writer.add_scalar("eval/val_mse_best_member", mse.min().item(), step + 1)
+                writer.add_scalar("eval/val_mse_mean", mse.mean().item(), step + 1)
+                writer.add_scalar("charts/seconds", time.perf_counter() - start, step + 1)
+            if stale >= config.patience:
+                break
+    bar.close()
+
+    # ---- best snapshots, elites, realism calibration, checkpoint -------------------------------------------------
+    model.load_state_dict(best_state)
+    model.elite_index = torch.argsort(best_mse)[: config.elites].sort().values
+    model.eval()
+    model.calibrate_realism(val_batch)
+    metrics = {
+        "val_mse_elites": float(best_mse[model.elite_index].mean()),
+        "steps": step + 1,
+        "train_seconds": time.perf_counter() - start,
+        "train_transitions": n,
+        "validation_transitions": len(val_batch),
+    }
+    if writer is not None:
+        writer.add_scalar("eval/val_mse_elites", metrics["val_mse_elites"], step + 1)
+        writer.close()
+    if out is not None:
+        model.save(out, metrics=metrics)
+    return model
+
+
+__all__ = ["EnsembleConfig", "EnsembleError", "GaussianEnsemble", "split_for_training", "train_ensemble"]
