@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     env = make_training_env(args, device)
     source = args.env or f"sim:{Path(args.sim).name}"
-    run_name = f"{source.replace('/', '-')}__{args.algo}__{args.seed}__{int(time.time())}"
+    run_name = f"{source.replace('/', '-').replace(':', '-')}__{args.algo}__{args.seed}__{int(time.time())}"
     log_dir = args.log_dir or str(Path(args.out) / "tensorboard" / run_name)
     if args.algo == "sac":
         config = SACConfig(total_steps=args.steps, seed=args.seed)
