@@ -1,0 +1,276 @@
+"""``simgan loop``: the model-based loop (collect real data -> train a world model -> train the agent inside it).
+
+    simgan loop --env Pendulum-v1 --iterations 5 --out runs/loop-pendulum
+    simgan loop --env Pendulum-v1 --iterations 5 --model ensemble --algo sac --out runs/loop-ens
+    simgan loop --env Pendulum-v1 --iterations 8 --out runs/loop-pendulum --resume     # continue a run
+
+Wiring: :func:`simgan.loop.run_loop` (library) drives the iterations and knows agents only through the
+:class:`simgan.loop.LoopAgent` protocol; this module implements that protocol with ``agents`` (SAC, PPO,
+CEM-MPC). Arrows point one way: cli -> loop -> (collect, train, SimVectorEnv); cli -> agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from simgan.errors import SimganError
+
+MPC_JSON = "mpc.json"
+
+
+class LoopCLIError(SimganError):
+    """Bad ``simgan loop`` arguments (e.g. an algorithm that does not fit the env's action space)."""
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    from simgan.config import add_dataclass_arguments
+    from simgan.loop import LoopConfig
+
+    parser.add_argument("--env", dest="env_id", required=True, help="real gymnasium env id, e.g. Pendulum-v1")
+    parser.add_argument("--out", required=True, help="run directory (iter-XXX/, progress.csv, tb/)")
+    parser.add_argument(
+        "--algo",
+        choices=("sac", "ppo", "mpc"),
+        default="sac",
+        help="agent trained (or planning) in the model",
+    )
+    parser.add_argument(
+        "--updates-per-step", type=float, default=0.25, help="SAC: gradient updates per simulated transition"
+    )
+    parser.add_argument("--mpc-horizon", type=int, default=20, help="MPC: planning horizon")
+    parser.add_argument("--mpc-population", type=int, default=100, help="MPC: CEM candidates per iteration")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out after its last iteration"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dataclass_arguments(parser, LoopConfig, exclude=("env_id",))
+
+
+def run(args: argparse.Namespace) -> int:
+    from envs import make_env
+    from simgan.config import dataclass_from_namespace
+    from simgan.device import resolve_device
+    from simgan.loop import LoopConfig, run_loop
+
+    config = dataclass_from_namespace(LoopConfig, args)
+    if resolve_device(config.device).type == "cpu":
+        import torch
+
+        # Small MLPs run fastest single-threaded; extra threads spin against the Ray workers and the env.
+        torch.set_num_threads(1)
+    probe = make_env(config.env_id)  # unknown ids fail here with gymnasium's "did you mean"
+    spaces = (probe.observation_space, probe.action_space)
+    probe.close()
+    agent = make_loop_agent(args.algo, *spaces, args=args, config=config, progress=not args.quiet)
+    records = run_loop(
+        config, agent, args.out, resume=args.resume, address=args.address, progress=not args.quiet
+    )
+    if records:
+        last = records[-1]
+        print(
+            f"{len(records)} iterations in {args.out}: real return {last['eval_return_mean']:.1f} after "
+            f"{last['real_steps']} real env steps (progress: {Path(args.out) / 'progress.csv'})"
+        )
+    return 0
+
+
+def make_loop_agent(
+    algo: str, observation_space: Any, action_space: Any, *, args: Any, config: Any, progress: bool
+) -> Any:
+    """The :class:`simgan.loop.LoopAgent` for ``algo``. Raises LoopCLIError when it cannot act in the env."""
+    import gymnasium as gym
+
+    from simgan.device import resolve_device
+
+    device = resolve_device(config.device)
+    continuous = isinstance(action_space, gym.spaces.Box)
+    if algo in ("sac", "mpc") and not continuous:
+        raise LoopCLIError(f"--algo {algo}: expected a Box action space, got {action_space} (use --algo ppo)")
+    if algo == "mpc":
+        return MPCLoopAgent(
+            observation_space,
+            action_space,
+            horizon=args.mpc_horizon,
+            population=args.mpc_population,
+            seed=config.seed,
+        )
+    return GradientLoopAgent(
+        algo,
+        observation_space,
+        action_space,
+        device=device,
+        updates_per_step=args.updates_per_step,
+        progress=progress,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoopAgent implementations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _evaluate(policy: Any, env: Any, episodes: int, seed: int) -> tuple[float, float]:
+    from agents import evaluate_policy
+
+    result = evaluate_policy(policy, env, episodes=episodes, seed=seed, deterministic=True)
+    return result.mean_return, result.std_return
+
+
+class GradientLoopAgent:
+    """SAC or PPO, trained a little more inside each iteration's learned env (MBPO's branched rollouts).
+
+    The networks carry over from iteration to iteration; the replay buffer (SAC) is rebuilt from the new model's
+    rollouts every iteration, as MBPO refreshes its model buffer.
+    """
+
+    def __init__(
+        self,
+        algo: str,
+        observation_space: Any,
+        action_space: Any,
+        *,
+        device: Any,
+        updates_per_step: float = 0.25,
+        progress: bool = True,
+    ) -> None:
+        self.algo, self.device, self.progress = algo, device, progress
+        self.observation_space, self.action_space = observation_space, action_space
+        self.updates_per_step = updates_per_step
+        self.agent: Any = None
+
+    def collection_policy(self, agent_dir: Path) -> Any:
+        from simgan.cli.collect import SavedAgentPolicy
+
+        return SavedAgentPolicy(agent_dir, self.observation_space, self.action_space)
+
+    def improve(self, context: Any) -> dict[str, float]:
+        import numpy as np
+
+        from agents import PPOConfig, SACConfig, train_ppo, train_sac
+
+        loop = context.config
+        env = context.make_env(loop.sim_envs)
+        if self.algo == "sac":
+            first = self.agent is None
+            config = replace(
+                self.agent.config if not first else SACConfig(),
+                total_steps=loop.agent_steps_per_iter,
+                learning_starts=min(1000, loop.agent_steps_per_iter // 2) if first else 0,
+                updates_per_step=self.updates_per_step,
+                seed=context.seed,
+            )
+            result = train_sac(
+                env,
+                config,
+                agent=self.agent,
+                device=self.device,
+                log_dir=context.log_dir,
+                progress=self.progress,
+            )
+        else:
+            base = self.agent.config if self.agent is not None else PPOConfig()
+            config = replace(
+                base,
+                total_steps=loop.agent_steps_per_iter,
+                num_steps=min(base.num_steps, loop.rollout_horizon * 4),
+                seed=context.seed,
+            )
+            result = train_ppo(
+                env,
+                config,
+                agent=self.agent,
+                device=self.device,
+                log_dir=context.log_dir,
+                progress=self.progress,
+            )
+        env.close()
+        self.agent = result.agent
+        recent = result.episode_returns[-100:]
+        return {"sim_rollout_return": float(np.mean(recent)) if recent else float("nan")}
+
+    def evaluate(self, env: Any, episodes: int, seed: int) -> tuple[float, float]:
+        return _evaluate(self.agent, env, episodes, seed)
+
+    def save(self, directory: Path) -> None:
+        self.agent.save(directory, metadata={"trained_by": "simgan loop"})
+
+    def restore(self, directory: Path) -> None:
+        from agents import load_agent
+
+        self.agent = load_agent(directory, self.observation_space, self.action_space, device=self.device)
+
+
+class PlannerPolicy:
+    """CEM-MPC over a saved world model as a picklable collection policy (each worker builds its own planner)."""
+
+    def __init__(self, model_dir: str, action_space: Any, planner: dict[str, Any]) -> None:
+        self.model_dir, self.action_space, self.planner = str(model_dir), action_space, dict(planner)
+        self._policy: Any = None
+
+    def build(self, model: Any = None) -> Any:
+        from agents import MPCPolicy
+        from simgan.sim_vector_env import SimVectorEnv
+
+        population = self.planner["population"]
+        env = SimVectorEnv(
+            model if model is not None else self.model_dir,
+            population,
+            device="cpu",
+            compute_realism=False,
+            seed=self.planner["seed"],
+        )
+        self._policy = MPCPolicy(env, self.action_space, elites=max(1, population // 10), **self.planner)
+        return self._policy
+
+    def __call__(self, obs: Any) -> Any:
+        policy = self._policy if self._policy is not None else self.build()
+        return policy.act(obs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_policy": None}
+
+
+class MPCLoopAgent:
+    """CEM-MPC (PETS): nothing to train; each iteration plans with the newest model."""
+
+    def __init__(
+        self, observation_space: Any, action_space: Any, *, horizon: int, population: int, seed: int
+    ):
+        self.observation_space, self.action_space = observation_space, action_space
+        self.planner_args = {"horizon": horizon, "population": population, "seed": seed}
+        self.planner: PlannerPolicy | None = None
+
+    def collection_policy(self, agent_dir: Path) -> Any:
+        stored = json.loads((agent_dir / MPC_JSON).read_text())
+        return PlannerPolicy(stored["model_dir"], self.action_space, stored["planner"])
+
+    def improve(self, context: Any) -> dict[str, float]:
+        self.planner = PlannerPolicy(str(context.model_dir), self.action_space, self.planner_args)
+        self.planner.build(context.model)
+        return {}
+
+    def evaluate(self, env: Any, episodes: int, seed: int) -> tuple[float, float]:
+        assert self.planner is not None and self.planner._policy is not None
+        return _evaluate(self.planner._policy, env, episodes, seed)
+
+    def save(self, directory: Path) -> None:
+        from simgan.fsutil import atomic_write_json
+
+        assert self.planner is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            directory / MPC_JSON,
+            {"algo": "mpc", "model_dir": self.planner.model_dir, "planner": self.planner_args},
+        )
+
+    def restore(self, directory: Path) -> None:
+        stored = json.loads((directory / MPC_JSON).read_text())
+        self.planner = PlannerPolicy(stored["model_dir"], self.action_space, stored["planner"])
+        self.planner.build()
