@@ -221,7 +221,7 @@ def load_agent_files(directory: str | os.PathLike) -> AgentFiles:
     except (
         SafetensorError,
         ValueError,
-    ) as exc:  # pragma: no cover - the sha256 check catches tampering first
+    ) as exc:  # e.g. a pickle (never unpickled) under a matching sha256
         raise AgentLoadError(f"{weights_path}: not a valid safetensors file ({exc})") from exc
     return AgentFiles(
         algo=algo,

@@ -112,6 +112,31 @@ def test_tampered_weights_are_refused(saved_agent):
         load_agent(saved_agent)
 
 
+class _Exploit:
+    """Unpickling this would run ``open(marker, "w")``: proof that a loader executed pickled code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_in_place_of_weights_is_never_executed(tmp_path, saved_agent):
+    import hashlib
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Exploit(str(marker)))
+    (saved_agent / WEIGHTS_FILE).write_bytes(payload)
+    spec = json.loads((saved_agent / AGENT_JSON).read_text())
+    spec["weights"]["sha256"] = hashlib.sha256(payload).hexdigest()  # a consistent, but malicious, directory
+    (saved_agent / AGENT_JSON).write_text(json.dumps(spec))
+    with pytest.raises(AgentLoadError, match="not a valid safetensors file"):
+        load_agent(saved_agent)
+    assert not marker.exists()
+
+
 def test_corrupt_or_unknown_agent_json(saved_agent):
     spec = json.loads((saved_agent / AGENT_JSON).read_text())
     (saved_agent / AGENT_JSON).write_text(json.dumps({**spec, "algo": "dqn"}))
