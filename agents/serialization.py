@@ -218,10 +218,8 @@ def load_agent_files(directory: str | os.PathLike) -> AgentFiles:
         )
     try:
         tensors = safetensors_load(data)
-    except (
-        SafetensorError,
-        ValueError,
-    ) as exc:  # e.g. a pickle (never unpickled) under a matching sha256
+    except (SafetensorError, ValueError) as exc:
+        # e.g. a pickle under a matching sha256: refused, never unpickled
         raise AgentLoadError(f"{weights_path}: not a valid safetensors file ({exc})") from exc
     return AgentFiles(
         algo=algo,
