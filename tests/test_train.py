@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,9 +163,9 @@ def test_tensorboard_has_the_documented_tags(dataset, tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "simgan", "train", *args], capture_output=True, text=True, timeout=300
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread each on the shared cores
+    command = [sys.executable, "-m", "simgan", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_cli_smoke(dataset, tmp_path: Path) -> None:
@@ -198,6 +199,27 @@ def test_cli_smoke(dataset, tmp_path: Path) -> None:
     resumed = run_cli("--data", str(dataset.path), "--out", str(out), "--resume", "--steps", "30", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert load_train_state(out / "last")["counters"]["step"] == 30
+
+
+def test_cli_dispatches_to_the_ensemble(dataset, tmp_path: Path) -> None:
+    out = tmp_path / "ens"
+    done = run_cli(
+        "--data",
+        str(dataset.path),
+        "--out",
+        str(out),
+        "--model",
+        "ensemble",
+        "--steps",
+        "10",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "model.json").read_text())["kind"] == "ensemble"
+    refused = run_cli("--data", str(dataset.path), "--out", str(out), "--model", "ensemble", "--resume")
+    assert refused.returncode == 2 and "--resume" in refused.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------

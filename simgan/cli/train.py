@@ -27,12 +27,15 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from simgan.cli import CLIError
     from simgan.config import dataclass_from_namespace
     from simgan.data import load_dataset
-    from simgan.training import check_run_directory
     from simgan.train_config import TrainConfig
+    from simgan.training import check_run_directory
 
     out = Path(args.out)
+    if args.model == "ensemble" and args.resume:
+        raise CLIError("--resume: expected --model gan (the ensemble trains in one go), got --model ensemble")
     # Refuse a bad --out before the (slow) dataset load; nothing is touched then.
     check_run_directory(out, resume=args.resume, overwrite=args.overwrite)
     if args.model == "ensemble":
