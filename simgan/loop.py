@@ -298,8 +298,8 @@ def _train_model(dataset: Dataset, out: Path, config: LoopConfig, iteration: int
         if config.model_steps is not None:
             values["steps"] = config.model_steps
         return train_ensemble(dataset, out=out, config=EnsembleConfig(**values))
-    from simgan.training import train
     from simgan.train_config import TrainConfig
+    from simgan.training import train
 
     train_config = TrainConfig(steps=config.model_steps, figures=False, seed=seed, device=config.device)
     return train(dataset, out, train_config, overwrite=True, progress=progress)
@@ -314,6 +314,7 @@ def run_loop(
     address: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    stop_at_return: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) the model-based loop; see the module docstring for what one iteration does.
 
@@ -326,6 +327,7 @@ def run_loop(
         address: Ray cluster address (else ``RAY_ADDRESS``, else an embedded local cluster for ``workers >= 1``).
         progress: progress bars of collection and training.
         log: where one-line iteration summaries go.
+        stop_at_return: stop early once the mean real return reaches this value (benchmarks).
 
     Returns:
         The records of all finished iterations (one dict per row of ``progress.csv``).
@@ -421,6 +423,9 @@ def run_loop(
                 f"iteration {i}: {real_steps} real steps, real return {mean:.1f} ± {std:.1f} "
                 f"(learned env {sim_mean:.1f}), model {t2 - t1:.0f}s, agent {t3 - t2:.0f}s"
             )
+            if stop_at_return is not None and mean >= stop_at_return:
+                log(f"stopping: real return {mean:.1f} >= {stop_at_return}")
+                break
     finally:
         writer.close()
         if ray_started:

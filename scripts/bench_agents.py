@@ -1,0 +1,312 @@
+"""Benchmark: real env steps until an agent is good, model-based (``simgan loop``) against model-free.
+
+    python scripts/bench_agents.py --envs Pendulum-v1 --seeds 1          # a modest run (about 30 min on 2 cores)
+    python scripts/bench_agents.py                                        # all envs, 5 seeds (hours on a CPU)
+
+For every env and seed, in the same run:
+
+* ``loop-gan``: :func:`simgan.loop.run_loop` with the conditional GAN world model (SAC, or PPO for discrete
+  actions, trained in MBPO-style branched rollouts of the learned env);
+* ``loop-ensemble``: the same loop with the Gaussian-ensemble baseline model;
+* ``model-free``: SAC (Box actions) or PPO (Discrete) trained on the real env alone.
+
+Each method is evaluated every ``eval_every`` real steps (the loop: after each iteration) over 10 real episodes
+(deterministic actions; evaluation episodes are not counted as real steps). Reported: the real env steps at
+which the mean return first reaches the env's threshold (``None`` when it never does within the budget), and the
+learning curves. Also: the Spearman rank correlation, over the saved policies of the run (the loop's
+per-iteration agents and the model-free snapshots: >= 8 policies of varying quality), between their mean return
+in the learned env (the last ``loop-gan`` model, full episodes from dataset start states) and in the real env.
+
+Writes ``results/bench_agents.json``, ``results/bench_agents.md`` and ``results/bench_agents.png`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents import PPOAgent, PPOConfig, SACAgent, SACConfig, evaluate_policy, load_agent, train_ppo, train_sac
+from envs import make_env
+from simgan.cli.loop import GradientLoopAgent
+from simgan.fsutil import atomic_write_bytes, atomic_write_json
+from simgan.loop import LoopConfig, run_loop
+from simgan.sim_vector_env import SimVectorEnv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# threshold, real-step budget (target), loop parameters, model-free budget and evaluation period
+PRESETS: dict[str, dict[str, Any]] = {
+    "Pendulum-v1": {
+        "threshold": -200.0,
+        "target_steps": 5_000,
+        "loop": {
+            "iterations": 6,
+            "real_steps_per_iter": 800,
+            "rollout_horizon": 25,
+            "sim_envs": 32,
+            "agent_steps_per_iter": 12_000,
+        },
+        "model_steps": {"gan": 1500, "ensemble": 3000},
+        "updates_per_step": 0.25,
+        "model_free_steps": 20_000,
+        "eval_every": 1_000,
+    },
+    "CartPole-v1": {
+        "threshold": 475.0,
+        "target_steps": 10_000,
+        "loop": {
+            "iterations": 10,
+            "real_steps_per_iter": 1000,
+            "rollout_horizon": 50,
+            "sim_envs": 64,
+            "agent_steps_per_iter": 100_000,
+        },
+        "model_steps": {"gan": 2000, "ensemble": 3000},
+        "updates_per_step": 0.25,
+        "model_free_steps": 100_000,
+        "eval_every": 5_000,
+    },
+    "InvertedPendulum-v5": {
+        "threshold": 950.0,
+        "target_steps": 15_000,
+        "loop": {
+            "iterations": 10,
+            "real_steps_per_iter": 1500,
+            "rollout_horizon": 25,
+            "sim_envs": 64,
+            "agent_steps_per_iter": 20_000,
+        },
+        "model_steps": {"gan": 2000, "ensemble": 3000},
+        "updates_per_step": 0.25,
+        "model_free_steps": 60_000,
+        "eval_every": 2_500,
+    },
+}
+METHODS = ("loop-gan", "loop-ensemble", "model-free")
+
+
+class _TargetReached(Exception):
+    """Stops model-free training once the evaluation reaches the threshold."""
+
+
+class EvalEvery(gym.Wrapper):
+    """Counts real env steps; every ``every`` steps evaluates ``agent`` on a separate env and saves a snapshot."""
+
+    def __init__(self, env: gym.Env, agent: Any, *, every: int, threshold: float, snapshots: Path, seed: int):
+        super().__init__(env)
+        self.agent, self.every, self.threshold = agent, every, threshold
+        self.snapshots, self.seed = snapshots, seed
+        self.steps, self.curve = 0, []
+        self.eval_env = make_env(env.spec.id)
+
+    def step(self, action: Any) -> Any:
+        result = self.env.step(action)
+        self.steps += 1
+        if self.steps % self.every == 0:
+            mean = evaluate_policy(
+                self.agent, self.eval_env, episodes=10, seed=10_000 + self.seed
+            ).mean_return
+            self.curve.append((self.steps, mean))
+            self.agent.save(self.snapshots / f"step-{self.steps:07d}")
+            print(f"  model-free: {self.steps} real steps, real return {mean:.1f}", flush=True)
+            if mean >= self.threshold:
+                raise _TargetReached
+        return result
+
+
+def run_model_free(env_id: str, preset: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+    env = make_env(env_id)
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    if discrete:
+        config: Any = PPOConfig(total_steps=preset["model_free_steps"], seed=seed)
+        agent: Any = PPOAgent(env.observation_space, env.action_space, config)
+    else:
+        config = SACConfig(total_steps=preset["model_free_steps"], seed=seed)
+        agent = SACAgent(env.observation_space, env.action_space, config)
+    wrapped = EvalEvery(
+        env, agent, every=preset["eval_every"], threshold=preset["threshold"], snapshots=out, seed=seed
+    )
+    start = time.perf_counter()
+    with contextlib.suppress(_TargetReached):
+        (train_ppo if discrete else train_sac)(wrapped, config, agent=agent, progress=False)
+    return {
+        "curve": wrapped.curve,
+        "seconds": time.perf_counter() - start,
+        "algo": "ppo" if discrete else "sac",
+    }
+
+
+def run_loop_method(env_id: str, model: str, preset: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+    config = LoopConfig(
+        env_id=env_id,
+        model=model,
+        model_steps=preset["model_steps"][model],
+        seed=seed,
+        device="cpu",
+        workers=1,
+        **preset["loop"],
+    )
+    probe = make_env(env_id)
+    discrete = isinstance(probe.action_space, gym.spaces.Discrete)
+    agent = GradientLoopAgent(
+        "ppo" if discrete else "sac",
+        probe.observation_space,
+        probe.action_space,
+        device=torch.device("cpu"),
+        updates_per_step=preset["updates_per_step"],
+        progress=False,
+    )
+    start = time.perf_counter()
+    records = run_loop(config, agent, out, progress=False, stop_at_return=preset["threshold"])
+    curve = [(r["real_steps"], r["eval_return_mean"]) for r in records]
+    return {"curve": curve, "seconds": time.perf_counter() - start, "algo": agent.algo}
+
+
+def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    return next((int(steps) for steps, value in curve if value >= threshold), None)
+
+
+def rank_correlation(env_id: str, seed_dir: Path) -> dict[str, Any]:
+    """Spearman correlation of saved policies' mean return in the learned env vs the real env."""
+    from scipy.stats import spearmanr
+
+    loop_dir = seed_dir / "loop-gan"
+    last = sorted(loop_dir.glob("iter-*/model"))
+    if not last:
+        return {}
+    policies = sorted(loop_dir.glob("iter-*/agent")) + sorted((seed_dir / "model-free").glob("step-*"))
+    real_env = make_env(env_id)
+    sim_env = SimVectorEnv(last[-1], num_envs=10, device="cpu", compute_realism=False, seed=0)
+    rows = []
+    for path in policies:
+        agent = load_agent(path, real_env.observation_space, real_env.action_space)
+        real = evaluate_policy(agent, real_env, episodes=10, seed=20_000).mean_return
+        sim = evaluate_policy(agent, sim_env, episodes=10, seed=20_000).mean_return
+        rows.append({"policy": str(path.relative_to(seed_dir)), "real": real, "sim": sim})
+    if len(rows) < 3:
+        return {"policies": rows}
+    rho = spearmanr([r["sim"] for r in rows], [r["real"] for r in rows]).statistic
+    return {"policies": rows, "spearman": float(rho), "model": str(last[-1].relative_to(seed_dir))}
+
+
+def write_plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(results["envs"])
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        entry = results["envs"][env_id]
+        for method, color in zip(METHODS, ("C0", "C1", "C2")):
+            for k, run in enumerate(entry["runs"].get(method, [])):
+                xs, ys = zip(*run["curve"]) if run["curve"] else ((), ())
+                ax.plot(xs, ys, color=color, marker="o", ms=3, label=method if k == 0 else None)
+        ax.axhline(entry["threshold"], color="gray", ls="--", lw=1, label="threshold")
+        ax.axvline(entry["target_steps"], color="gray", ls=":", lw=1, label="target budget")
+        ax.set(title=env_id, xlabel="real env steps", ylabel="mean real return (10 episodes)")
+        ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| env | method | algo | seeds | real steps to threshold (per seed) | median | target | wall s |",
+        "|-|-|-|-|-|-|-|-|",
+    ]
+    for env_id, entry in results["envs"].items():
+        for method in METHODS:
+            runs = entry["runs"].get(method, [])
+            if not runs:
+                continue
+            hits = [r["steps_to_threshold"] for r in runs]
+            found = [h for h in hits if h is not None]
+            median = f"{np.median(found):.0f}" if len(found) == len(hits) else "not reached"
+            target = f">= {entry['threshold']:g} within {entry['target_steps']}"
+            wall = np.mean([r["seconds"] for r in runs])
+            lines.append(
+                f"| {env_id} | {method} | {runs[0]['algo']} | {len(runs)} | {hits} | {median} | {target} | {wall:.0f} |"
+            )
+    lines.append("")
+    for env_id, entry in results["envs"].items():
+        for seed, corr in entry.get("rank_correlation", {}).items():
+            if "spearman" in corr:
+                lines.append(
+                    f"{env_id} seed {seed}: Spearman(learned-env return, real return) = {corr['spearman']:.3f} "
+                    f"over {len(corr['policies'])} policies"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--envs", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per env and method")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_agents"), help="run directories")
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench_agents"), help="results path prefix")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # small MLPs: fastest single-threaded on a shared CPU
+
+    work = Path(args.work_dir)
+    results: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
+        "seeds": args.seeds,
+        "envs": {},
+    }
+    for env_id in args.envs:
+        preset = PRESETS[env_id]
+        entry: dict[str, Any] = {
+            "threshold": preset["threshold"],
+            "target_steps": preset["target_steps"],
+            "preset": preset,
+            "runs": {},
+            "rank_correlation": {},
+        }
+        results["envs"][env_id] = entry
+        for seed in range(args.seeds):
+            seed_dir = work / env_id / f"seed-{seed}"
+            for method in args.methods:
+                run_dir = seed_dir / method
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir(parents=True)
+                print(f"{env_id} seed {seed}: {method}", flush=True)
+                if method == "model-free":
+                    run = run_model_free(env_id, preset, seed, run_dir)
+                else:
+                    run = run_loop_method(env_id, method.split("-")[1], preset, seed, run_dir)
+                run["steps_to_threshold"] = steps_to_threshold(run["curve"], preset["threshold"])
+                entry["runs"].setdefault(method, []).append(run)
+                print(
+                    f"  -> {run['steps_to_threshold']} real steps to threshold ({run['seconds']:.0f}s)",
+                    flush=True,
+                )
+                atomic_write_json(
+                    Path(args.out + ".json"), results
+                )  # partial results survive an interruption
+            entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir)
+    out = Path(args.out)
+    atomic_write_json(out.with_suffix(".json"), results)
+    atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
+    write_plot(results, out.with_suffix(".png"))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

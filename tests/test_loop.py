@@ -1,0 +1,217 @@
+"""The model-based loop: ``simgan loop`` end to end with tiny budgets (subprocess), resume, progress files,
+dataset merging, and ``simgan collect --policy AGENT_DIR``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simgan.errors import SimganError
+
+ROOT = Path(__file__).resolve().parents[1]
+# PYTHONPATH: Ray workers start outside the repository and must still import `agents` (saved-agent policies).
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+TINY = [
+    "--env", "Pendulum-v1", "--real-steps-per-iter", "300", "--model-steps", "30", "--agent-steps-per-iter",
+    "400", "--sim-envs", "8", "--rollout-horizon", "10", "--eval-episodes", "2", "--device", "cpu", "--quiet",
+]  # fmt: skip
+
+
+def simgan(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "simgan", *args],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_progress(run: Path) -> list[dict[str, str]]:
+    with open(run / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-iteration loop run (SAC + GAN, collection in-process)."""
+    run = tmp_path_factory.mktemp("loop") / "run"
+    result = simgan("loop", *TINY, "--iterations", "2", "--workers", "0", "--out", str(run), "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "2 iterations in" in result.stdout
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# simgan loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_loop_writes_progress_csv_tensorboard_and_iterations(loop_run: Path) -> None:
+    from simgan.loop import CSV_COLUMNS
+
+    rows = read_progress(loop_run)
+    assert [int(r["iteration"]) for r in rows] == [0, 1]
+    assert [int(r["real_steps"]) for r in rows] == [300, 600]  # the union of all real data so far
+    assert tuple(rows[0]) == CSV_COLUMNS
+    for row in rows:
+        assert np.isfinite(float(row["eval_return_mean"])) and float(row["eval_return_mean"]) < 0  # Pendulum
+    for i in (0, 1):
+        it = loop_run / f"iter-{i:03d}"
+        for part in ("data/manifest.json", "model/model.json", "agent/agent.json", "done.json"):
+            assert (it / part).is_file(), part
+    # iteration 1 collected with iteration 0's agent, and trained on the union of both datasets
+    manifest = json.loads((loop_run / "iter-001" / "data" / "manifest.json").read_text())
+    assert "SavedAgentPolicy" in manifest["policy"]
+    union = json.loads((loop_run / "iter-001" / "union" / "manifest.json").read_text())
+    assert union["num_transitions"] == 600 and len(union["merged_from"]) == 2
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(loop_run / "tb"))
+    events.Reload()
+    curve = events.Scalars("eval/real_return")
+    assert [e.step for e in curve] == [300, 600]  # x axis: real env steps
+    assert [e.value for e in curve] == pytest.approx([float(r["eval_return_mean"]) for r in rows], rel=1e-5)
+
+
+def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(loop_run, run)
+    before = read_progress(run)
+
+    again = simgan("loop", *TINY, "--iterations", "2", "--workers", "0", "--out", str(run), "--seed", "1")
+    assert again.returncode == 2 and "not empty; pass --resume" in again.stderr
+
+    other = simgan("loop", *TINY, "--iterations", "3", "--out", str(run), "--seed", "2", "--resume")
+    assert other.returncode == 2 and "seed: stored 1, requested 2" in other.stderr
+
+    # a half-finished iteration (killed mid-way) is discarded and redone
+    (run / "iter-002" / "data").mkdir(parents=True)
+    (run / "iter-002" / "data" / "shard-w000-c00000.npz").write_bytes(b"partial")
+    resumed = simgan(
+        "loop", *TINY, "--iterations", "3", "--workers", "0", "--out", str(run), "--seed", "1", "--resume"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after iteration 1" in resumed.stdout
+    after = read_progress(run)
+    assert after[:2] == before  # finished iterations are kept as they were
+    assert [int(r["real_steps"]) for r in after] == [300, 600, 900]
+    assert (run / "iter-002" / "done.json").is_file()
+
+
+@pytest.mark.ray
+def test_loop_collects_through_ray_with_ppo(tmp_path: Path) -> None:
+    run = tmp_path / "ppo"
+    args = [a if a != "Pendulum-v1" else "CartPole-v1" for a in TINY]
+    result = simgan("loop", *args, "--iterations", "2", "--workers", "1", "--algo", "ppo", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    rows = read_progress(run)
+    assert [int(r["real_steps"]) for r in rows] == [300, 600]
+    assert all(float(r["eval_return_mean"]) >= 8 for r in rows)  # CartPole episodes last >= 8 steps
+    manifest = json.loads((run / "iter-001" / "data" / "manifest.json").read_text())
+    assert manifest["workers"] == 1 and "SavedAgentPolicy" in manifest["policy"]
+
+
+def test_loop_rejects_sac_for_discrete_actions(tmp_path: Path) -> None:
+    args = [a if a != "Pendulum-v1" else "CartPole-v1" for a in TINY]
+    result = simgan("loop", *args, "--iterations", "1", "--algo", "sac", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert "--algo sac: expected a Box action space" in result.stderr
+
+
+def test_loop_config_validates() -> None:
+    from simgan.loop import LoopConfig, LoopError
+
+    with pytest.raises(LoopError, match="iterations: expected an integer >= 1, got 0"):
+        LoopConfig(env_id="Pendulum-v1", iterations=0)
+    with pytest.raises(LoopError, match="model: expected 'gan' or 'ensemble', got 'vae'"):
+        LoopConfig(env_id="Pendulum-v1", model="vae")  # type: ignore[arg-type]
+    assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(0) == 50
+    assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(1) == 1000
+
+
+def test_merge_datasets_keeps_episodes_apart(tmp_path: Path) -> None:
+    from simgan.collection import collect
+    from simgan.loop import merge_datasets
+
+    a = collect("Pendulum-v1", steps=240, out=tmp_path / "a", seed=0, progress=False)
+    b = collect("Pendulum-v1", steps=160, out=tmp_path / "b", seed=1, progress=False)
+    assert set(np.unique(a.transitions.episode)) & set(np.unique(b.transitions.episode))  # ids collide
+    merged = merge_datasets([a, b], tmp_path / "ab")
+    assert len(merged) == 400
+    assert merged.num_episodes == a.num_episodes + b.num_episodes
+    np.testing.assert_array_equal(
+        np.sort(merged.transitions.obs, axis=0),
+        np.sort(np.concatenate([a.transitions.obs, b.transitions.obs]), axis=0),
+    )
+    c = collect("MountainCarContinuous-v0", steps=50, out=tmp_path / "c", progress=False)
+    with pytest.raises(SimganError, match=r"differs from .* in \['env_id'"):
+        merge_datasets([a, c], tmp_path / "ac")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# simgan collect --policy AGENT_DIR
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_collect_with_a_saved_agent(loop_run: Path, tmp_path: Path) -> None:
+    agent_dir = loop_run / "iter-001" / "agent"
+    out = tmp_path / "ds"
+    result = simgan(
+        "collect", "--env", "Pendulum-v1", "--steps", "200", "--policy", str(agent_dir), "--out", str(out),
+        "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_transitions"] == 200 and "SavedAgentPolicy" in manifest["policy"]
+
+
+def test_saved_agent_policy_pickles_without_its_networks(loop_run: Path) -> None:
+    import gymnasium as gym
+
+    from simgan.cli.collect import SavedAgentPolicy
+
+    env = gym.make("Pendulum-v1")
+    policy = SavedAgentPolicy(loop_run / "iter-000" / "agent", env.observation_space, env.action_space)
+    obs = np.zeros((3, 3), np.float32)
+    data = pickle.dumps(policy)
+    assert b"torch" not in data  # the path and spaces only; each Ray worker loads its own copy
+    clone = pickle.loads(data)
+    actions = clone(obs)
+    assert actions.shape == (3, 1) and np.all(np.abs(actions) <= 2.0)
+    deterministic = SavedAgentPolicy(
+        loop_run / "iter-000" / "agent", env.observation_space, env.action_space, deterministic=True
+    )
+    np.testing.assert_array_equal(deterministic(obs), pickle.loads(pickle.dumps(deterministic))(obs))
+
+
+@pytest.mark.parametrize(
+    ("env_id", "policy", "message"),
+    [
+        ("Pendulum-v1", "no/such/agent", "--policy: expected 'random' or an agent directory"),
+        ("MountainCarContinuous-v0", "AGENT", "observation space"),
+    ],
+)
+def test_collect_policy_errors_are_clear(
+    loop_run: Path, tmp_path: Path, env_id: str, policy: str, message: str
+) -> None:
+    policy = str(loop_run / "iter-000" / "agent") if policy == "AGENT" else policy
+    result = simgan(
+        "collect", "--env", env_id, "--steps", "10", "--policy", policy, "--out", str(tmp_path / "d")
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()  # nothing written
