@@ -39,6 +39,10 @@ class TrainConfig:
     )
     lr_g: float = field(default=1e-4, metadata={"help": "Adam learning rate of the residual generator"})
     lr_d: float = field(default=1e-4, metadata={"help": "Adam learning rate of the discriminator"})
+    lr_half_life: float = field(
+        default=0.0,
+        metadata={"help": "steps over which every learning rate halves (exponential decay; 0: constant)"},
+    )
     n_critic: int = field(default=2, metadata={"help": "discriminator updates per generator update"})
     gp_lambda: float = field(default=10.0, metadata={"help": "gradient-penalty weight (wgan-gp)"})
     mean_penalty: float = field(

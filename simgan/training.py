@@ -252,7 +252,14 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
+    base_lrs = list(
+        zip([*opt_g.param_groups, *opt_d.param_groups], [config.lr_mean, config.lr_g, config.lr_d])
+    )
     for step in bar:
+        # ---- learning rates: a function of the step alone (so a resumed run matches a straight one) ----------
+        if config.lr_half_life > 0:
+            for group, base_lr in base_lrs:
+                group["lr"] = base_lr * 0.5 ** (step / config.lr_half_life)
         # ---- discriminator: real residual (target - mu) / scale vs generated f(s, a, z) -------------------
         disc.requires_grad_(True)
         for _ in range(config.n_critic):

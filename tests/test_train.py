@@ -66,9 +66,13 @@ def test_same_seed_same_weights(dataset, tmp_path: Path) -> None:
     assert not torch.equal(a["generator.mean_net.0.weight"], c["generator.mean_net.0.weight"])
 
 
-@pytest.mark.parametrize("loss, spectral_norm", [("wgan-gp", False), ("nonsaturating", True)])
-def test_resume_is_bit_exact(dataset, tmp_path: Path, loss: str, spectral_norm: bool) -> None:
-    config = dataclasses.replace(TINY, loss=loss, spectral_norm=spectral_norm)
+@pytest.mark.parametrize(
+    "loss, spectral_norm, half_life", [("wgan-gp", False, 0.0), ("nonsaturating", True, 15.0)]
+)
+def test_resume_is_bit_exact(
+    dataset, tmp_path: Path, loss: str, spectral_norm: bool, half_life: float
+) -> None:
+    config = dataclasses.replace(TINY, loss=loss, spectral_norm=spectral_norm, lr_half_life=half_life)
     train(dataset, tmp_path / "straight", config, progress=False)
     train(dataset, tmp_path / "split", dataclasses.replace(config, steps=20), progress=False)
     train(dataset, tmp_path / "split", config, resume=True, progress=False)
