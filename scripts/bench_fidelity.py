@@ -1,0 +1,264 @@
+"""GAN vs Gaussian ensemble on the same data and seeds: fidelity metrics, issue targets, training wall time.
+
+    python scripts/bench_fidelity.py --seeds 3 --data-steps 20000 --gan-steps 4000 --ensemble-steps 4000
+
+For every env: one dataset (collection seed 0, reused from ``OUT/data`` when present), then for each seed
+0..N-1 a GAN (``simgan.train``) and an ensemble (``simgan.train_ensemble``) trained on it and scored with
+:func:`simgan.metrics.evaluate_model` on the validation episodes. Writes ``OUT/results.json`` (every number),
+``OUT/table.md`` (means over seeds, ratios GAN / ensemble, pass/fail against the issue's targets) and, per
+multimodal env, ``OUT/samples_<env>.png``: both models' samples at one fixed (s, a) over the true next-state
+distribution. Targets (ratio = GAN / ensemble of the seed means):
+
+* multimodal envs: one-step ``mmd2`` and ``sliced_w1`` ratio <= 0.5 (conditional versions reported too);
+* deterministic envs: ``mean_error`` and ``rollout_mse/k10`` ratio <= 1.2;
+* Pendulum-v1: the GAN reaches its best validation score within 180 s (``time_to_best_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MULTIMODAL = ("simgan/KickedPendulum-v0", "simgan/ForkingPointMass-v0")
+DEFAULT_ENVS = ("Pendulum-v1", "CartPole-v1", "HalfCheetah-v5", *MULTIMODAL)
+# (metric, limit on GAN / ensemble) per env kind; lower metric = better for all of them
+TARGETS = {
+    "multimodal": (("mmd2", 0.5), ("sliced_w1", 0.5)),
+    "deterministic": (("mean_error", 1.2), ("rollout_mse/k10", 1.2)),
+}
+INFO_COLUMNS = ("cond_mmd2", "cond_sliced_w1", "energy", "sample_error", "rollout_mse/k25", "termination_f1")
+PENDULUM_TIME_LIMIT_S = 180.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), help="env ids to benchmark")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per model")
+    p.add_argument(
+        "--data-steps", type=int, default=20000, help="transitions collected per env (random policy)"
+    )
+    p.add_argument("--gan-steps", type=int, default=4000, help="GAN generator steps")
+    p.add_argument(
+        "--ensemble-steps", type=int, default=4000, help="ensemble optimiser steps (early stopping on)"
+    )
+    p.add_argument(
+        "--eval-samples", type=int, default=2000, help="validation transitions for one-step metrics"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", default="results/bench_fidelity", help="output directory")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return p.parse_args()
+
+
+def env_kind(env_id: str) -> str:
+    return "multimodal" if env_id in MULTIMODAL else "deterministic"
+
+
+def slug(env_id: str) -> str:
+    return env_id.replace("/", "_")
+
+
+def load_or_collect(env_id: str, steps: int, root: Path):
+    import simgan
+    from simgan.data import load_dataset
+
+    path = root / "data" / slug(env_id)
+    if (path / "manifest.json").is_file():
+        dataset = load_dataset(path)
+        if len(dataset) == steps:
+            return dataset
+    return simgan.collect(env_id, steps=steps, workers=0, out=path, seed=0, overwrite=True, progress=False)
+
+
+def train_pair(dataset, env_id: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Train both models with one seed; returns {model: {"metrics", "train_s", "model"}}."""
+    from simgan.ensemble import EnsembleConfig, train_ensemble
+    from simgan.metrics import evaluate_model
+    from simgan.train_config import TrainConfig
+    from simgan.training import train
+
+    runs: dict[str, Any] = {}
+    gan_dir = root / "runs" / f"{slug(env_id)}__gan__{seed}"
+    start = time.perf_counter()
+    gan = train(
+        dataset,
+        gan_dir,
+        TrainConfig(steps=args.gan_steps, seed=seed, device=args.device, figures=False),
+        overwrite=True,
+        progress=False,
+    )
+    runs["gan"] = {"train_s": time.perf_counter() - start, "model": gan}
+    gan_meta = json.loads((gan_dir / "model.json").read_text())["metrics"]
+    runs["gan"]["time_to_best_s"] = gan_meta.get("time_to_best_s")
+
+    ens_dir = root / "runs" / f"{slug(env_id)}__ensemble__{seed}"
+    shutil.rmtree(ens_dir, ignore_errors=True)
+    start = time.perf_counter()
+    config = EnsembleConfig(steps=args.ensemble_steps, seed=seed, device=args.device, progress=False)
+    ensemble = train_ensemble(dataset, ens_dir, config)
+    runs["ensemble"] = {"train_s": time.perf_counter() - start, "model": ensemble}
+    for run in runs.values():
+        run["metrics"] = evaluate_model(run["model"], dataset, max_samples=args.eval_samples, seed=seed)
+    return runs
+
+
+def seed_mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def ratio(gan: float, ensemble: float) -> float:
+    return gan / ensemble if ensemble > 0 and math.isfinite(gan) else math.nan
+
+
+def summarize(env_id: str, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed means per model, GAN / ensemble ratios, and pass/fail against the issue's targets."""
+    means = {
+        model: {
+            k: seed_mean([s[model]["metrics"][k] for s in per_seed]) for k in per_seed[0][model]["metrics"]
+        }
+        for model in ("gan", "ensemble")
+    }
+    for model in means:
+        means[model]["train_s"] = seed_mean([s[model]["train_s"] for s in per_seed])
+    checks = {}
+    for metric, limit in TARGETS[env_kind(env_id)]:
+        r = ratio(means["gan"][metric], means["ensemble"][metric])
+        checks[metric] = {"ratio": r, "limit": limit, "pass": bool(r <= limit)}
+    if env_id == "Pendulum-v1":
+        t = seed_mean([s["gan"]["time_to_best_s"] for s in per_seed])
+        checks["gan_time_to_best_s"] = {
+            "value": t,
+            "limit": PENDULUM_TIME_LIMIT_S,
+            "pass": bool(t <= PENDULUM_TIME_LIMIT_S),
+        }
+    return {"means": means, "checks": checks}
+
+
+def format_table(summaries: dict[str, dict[str, Any]], seeds: int) -> str:
+    lines = [
+        "| env | target (GAN / ensemble) | ratio | pass | GAN train s | ensemble train s | "
+        + " | ".join(f"{c} GAN / ens" for c in INFO_COLUMNS)
+        + " |",
+        "|" + " --- |" * (6 + len(INFO_COLUMNS)),
+    ]
+    for env_id, summary in summaries.items():
+        means = summary["means"]
+        info = " | ".join(f"{means['gan'][c]:.3g} / {means['ensemble'][c]:.3g}" for c in INFO_COLUMNS)
+        for name, check in summary["checks"].items():
+            shown = check.get("ratio", check.get("value"))
+            target = f"{name} <= {check['limit']:g}" + (" s" if "value" in check else "")
+            lines.append(
+                f"| {env_id} | {target} | {shown:.3g} | {'yes' if check['pass'] else '**no**'} | "
+                f"{means['gan']['train_s']:.0f} | {means['ensemble']['train_s']:.0f} | {info} |"
+            )
+    lines.append(
+        f"\nMeans over {seeds} seed(s); ratios are GAN mean / ensemble mean (lower is better for GAN)."
+    )
+    return "\n".join(lines)
+
+
+def sample_figure(env_id: str, dataset, models: dict[str, Any], path: Path) -> None:
+    """Samples of both models at one fixed (s, a), over the true next-state distribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from envs import make_env
+
+    env = make_env(env_id, dataset.env_kwargs).unwrapped
+    obs = dataset.validation.obs[0]
+    action = dataset.validation.action[0]
+    n = 1000
+    samples = {"true": env.sample_next_states(obs, action, n, np.random.default_rng(0))}
+    for name, model in models.items():
+        next_obs, _, _ = model.sample(
+            torch.as_tensor(np.repeat(obs[None], n, 0)),
+            torch.as_tensor(np.repeat(np.asarray(action)[None], n, 0)),
+            generator=torch.Generator(device=model.device).manual_seed(0),
+        )
+        samples[name] = next_obs.cpu().numpy()
+    if env_id == "simgan/KickedPendulum-v0":  # (angle, angular velocity) of [cos, sin, thdot]
+        to_xy = lambda s: np.stack([np.arctan2(s[:, 1], s[:, 0]), s[:, 2]], 1)  # noqa: E731
+        labels = ("next angle (rad)", "next angular velocity")
+    else:
+        to_xy = lambda s: s[:, :2]  # noqa: E731
+        labels = ("next x", "next y")
+    fig, ax = plt.subplots(figsize=(6, 5))
+    styles = {
+        "true": ("0.6", 18, "true env"),
+        "gan": ("tab:blue", 6, "GAN"),
+        "ensemble": ("tab:orange", 6, "ensemble"),
+    }
+    for name, xs in samples.items():
+        color, size, label = styles[name]
+        xy = to_xy(xs)
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, c=color, alpha=0.5, label=label, linewidths=0)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(f"{env_id}\n{n} next-state samples at one (s, a)", fontsize=10)
+    ax.legend(markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if k != "model"}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def main() -> None:
+    from simgan.fsutil import atomic_write_bytes, atomic_write_json
+
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"args": vars(args), "envs": {}}
+    summaries = {}
+    for env_id in args.envs:
+        dataset = load_or_collect(env_id, args.data_steps, root)
+        per_seed = []
+        for seed in range(args.seeds):
+            runs = train_pair(dataset, env_id, seed, args, root)
+            per_seed.append(runs)
+            print(
+                f"{env_id} seed {seed}: "
+                + "  ".join(
+                    f"{m}: train {r['train_s']:.0f}s mean_err {r['metrics']['mean_error']:.3g} "
+                    f"mmd2 {r['metrics']['mmd2']:.3g} swd {r['metrics']['sliced_w1']:.3g}"
+                    for m, r in runs.items()
+                ),
+                flush=True,
+            )
+            if seed == 0 and env_id in MULTIMODAL:
+                figure = root / f"samples_{slug(env_id)}.png"
+                sample_figure(env_id, dataset, {m: r["model"] for m, r in runs.items()}, figure)
+        summaries[env_id] = summarize(env_id, per_seed)
+        results["envs"][env_id] = {"per_seed": _jsonable(per_seed), **_jsonable(summaries[env_id])}
+        atomic_write_json(root / "results.json", results)  # after every env: partial results survive
+    table = format_table(summaries, args.seeds)
+    atomic_write_bytes(root / "table.md", (table + "\n").encode())
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
