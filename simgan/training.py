@@ -211,6 +211,11 @@ def train(
     }
     if resume:
         files = load_model_files(out / LAST_DIR)
+        if files.info.dataset_sha256 != info.dataset_sha256:
+            raise RunDirectoryError(
+                f"{out}: resume expected the dataset the run was trained on (manifest sha256 "
+                f"{files.info.dataset_sha256[:16]}...), got {dataset.path} ({info.dataset_sha256[:16]}...)"
+            )
         model.load_tensors({name: t.to(device) for name, t in files.tensors.items()})
         saved = load_train_state(out / LAST_DIR)
         opt_g.load_state_dict(saved["opt_g"])
