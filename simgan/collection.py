@@ -80,10 +80,19 @@ def shard_name(worker: int, chunk: int) -> str:
 
 
 def describe_policy(policy: str | Policy) -> str:
+    """The manifest's (and the resume check's) name for a policy; deterministic, never a memory address.
+
+    Functions are named by module and qualified name; callable objects by their ``repr`` when their class defines
+    one (e.g. ``SavedAgentPolicy('runs/sac')``), else by their class.
+    """
     if isinstance(policy, str):
         return policy
-    name = getattr(policy, "__qualname__", type(policy).__qualname__)
-    return f"callable:{getattr(policy, '__module__', '?')}.{name}"
+    if hasattr(policy, "__qualname__"):  # a function, lambda or class
+        return f"callable:{policy.__module__}.{policy.__qualname__}"
+    cls = type(policy)
+    if cls.__repr__ is not object.__repr__:
+        return f"callable:{policy!r}"
+    return f"callable:{cls.__module__}.{cls.__qualname__}"
 
 
 def _is_own_file(path: Path) -> bool:
@@ -189,8 +198,8 @@ def _validate(
         raise ValueError(f"action_noise: expected a finite value >= 0, got {action_noise}")
     if isinstance(policy, str) and policy != "random":
         raise ValueError(
-            f"policy: expected 'random' or a callable obs_batch -> action_batch, got {policy!r} "
-            "(saved-agent policies are not supported yet)"
+            f"policy: expected 'random' or a callable obs_batch -> action_batch, got {policy!r} (to collect with "
+            "a saved agent, pass it as a callable; `simgan collect --policy DIR` does that for agent directories)"
         )
     if not isinstance(policy, str) and not callable(policy):
         raise ValueError(f"policy: expected 'random' or a callable, got {type(policy).__name__}")

@@ -60,7 +60,7 @@ def test_collect_then_info(tmp_path: Path) -> None:
         ),
         (["--env", "Pendulum-v1", "--env-kwargs", "[1]"], "--env-kwargs: expected a JSON object, got list"),
         (["--env", "Pendulum-v1", "--workers", "-2"], "workers: expected an integer >= 0, got -2"),
-        (["--env", "Pendulum-v1", "--policy", "agents/sac.pt"], "saved-agent policies are not supported yet"),
+        (["--env", "Pendulum-v1", "--policy", "no/such/agent"], "expected 'random' or an agent directory"),
     ],
 )
 def test_collect_bad_input_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:

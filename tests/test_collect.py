@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from envs import make_env
-from simgan.collection import EPISODE_ID_STRIDE, CollectError, RolloutWorker, WorkerConfig, collect, split_budget
+from simgan.collection import (
+    EPISODE_ID_STRIDE,
+    CollectError,
+    RolloutWorker,
+    WorkerConfig,
+    collect,
+    describe_policy,
+    split_budget,
+)
 from simgan.data import MANIFEST_NAME, encode_shard, load_dataset
 from simgan.fsutil import TMP_PREFIX
 from simgan.spaces import UnsupportedSpaceError
@@ -116,7 +124,31 @@ def test_callable_policy_with_epsilon_and_noise(tmp_path: Path) -> None:
     assert np.all((a >= -2.0) & (a <= 2.0))
     near = np.abs(a - 1.5) < 0.8  # noise std 0.4 around 1.5 (clipped at 2); epsilon replaces ~30 %
     assert 0.55 < near.mean() < 0.95 and np.isclose(a, 2.0).any()
-    assert ds.manifest["policy"].startswith("callable:") and ds.manifest["epsilon"] == 0.3
+    assert ds.manifest["policy"].endswith("push_right") and ds.manifest["epsilon"] == 0.3
+
+
+def test_policy_descriptions_are_deterministic() -> None:
+    class Named:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def __call__(self, obs: np.ndarray) -> np.ndarray:
+            return obs
+
+        def __repr__(self) -> str:
+            return f"Named({self.path!r})"
+
+    class Anonymous:
+        def __call__(self, obs: np.ndarray) -> np.ndarray:
+            return obs
+
+    assert describe_policy("random") == "random"
+    assert describe_policy(Named("runs/a")) == "callable:Named('runs/a')"  # resume tells agents apart
+    assert (
+        describe_policy(Anonymous())
+        == f"callable:{__name__}.test_policy_descriptions_are_deterministic.<locals>.Anonymous"
+    )
+    assert "0x" not in describe_policy(lambda obs: obs)
 
 
 def test_worker_answers_out_of_order_requests_identically() -> None:
@@ -187,7 +219,12 @@ def test_overwrite_replaces_own_files_and_refuses_foreign_ones(tmp_path: Path) -
             ValueError,
             "envs_per_worker: expected an integer >= 1, got 0",
         ),
-        ("Pendulum-v1", {"policy": "agent.pt"}, ValueError, "saved-agent policies are not supported yet"),
+        (
+            "Pendulum-v1",
+            {"policy": "agent.pt"},
+            ValueError,
+            "got 'agent.pt' .to collect with a saved agent, pass",
+        ),
         ("Pendulum-v1", {"epsilon": 1.5}, ValueError, r"epsilon: expected a probability in \[0, 1\]"),
         ("CartPole-v1", {"action_noise": 0.1}, ValueError, "applies to Box action spaces only"),
         (
