@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import platform
 import shutil
 import time
@@ -50,8 +51,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "threshold": -200.0,
         "target_steps": 5_000,
         "loop": {
-            "iterations": 6,
-            "real_steps_per_iter": 800,
+            "iterations": 10,
+            "real_steps_per_iter": 500,
             "rollout_horizon": 25,
             "sim_envs": 32,
             "agent_steps_per_iter": 12_000,
@@ -59,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_steps": {"gan": 1500, "ensemble": 3000},
         "updates_per_step": 0.25,
         "model_free_steps": 20_000,
-        "eval_every": 1_000,
+        "eval_every": 500,
     },
     "CartPole-v1": {
         "threshold": 475.0,
@@ -184,7 +185,11 @@ def rank_correlation(env_id: str, seed_dir: Path) -> dict[str, Any]:
     last = sorted(loop_dir.glob("iter-*/model"))
     if not last:
         return {}
-    policies = sorted(loop_dir.glob("iter-*/agent")) + sorted((seed_dir / "model-free").glob("step-*"))
+    policies = [
+        *sorted(loop_dir.glob("iter-*/agent")),
+        *sorted((seed_dir / "loop-ensemble").glob("iter-*/agent")),
+        *sorted((seed_dir / "model-free").glob("step-*")),
+    ]
     real_env = make_env(env_id)
     sim_env = SimVectorEnv(last[-1], num_envs=10, device="cpu", compute_realism=False, seed=0)
     rows = []
@@ -261,7 +266,19 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_agents"), help="run directories")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench_agents"), help="results path prefix")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the table and plot from OUT.json (e.g. a partial run)",
+    )
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.report_only:
+        results = json.loads(out.with_suffix(".json").read_text())
+        atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
+        write_plot(results, out.with_suffix(".png"))
+        print(markdown(results))
+        return
     torch.set_num_threads(1)  # small MLPs: fastest single-threaded on a shared CPU
 
     work = Path(args.work_dir)
@@ -301,7 +318,7 @@ def main() -> None:
                     Path(args.out + ".json"), results
                 )  # partial results survive an interruption
             entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir)
-    out = Path(args.out)
+            atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
     write_plot(results, out.with_suffix(".png"))
