@@ -1,0 +1,235 @@
+"""Forecast quality and speed: calibration of the 10-90 % band, and a PETS-sized planning workload.
+
+    python scripts/bench_forecast.py                       # full run (3 envs, GAN and ensemble)
+    python scripts/bench_forecast.py --envs kicked --data-steps 5000 --gan-steps 500 --ensemble-steps 500  # quick
+
+Calibration: for each env, the same data trains a conditional GAN and a Gaussian ensemble. From held-out start
+states, a random open-loop plan is forecast with N samples, and the real env is rolled N times from the same state
+with the same plan. Coverage = share of real futures (per step and state dimension) inside the forecast's
+10-90 % band; a calibrated forecast covers 80 %.
+
+Speed: a PETS-sized plan, 350 candidates x 20 particles x horizon 15 x 5 CEM iterations = 525,000 model
+transitions through ``simgan.forecast`` (open-loop plans, no realism scoring), GAN against ensemble, same run.
+
+Prints a table and writes JSON (default results/bench_forecast.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import envs
+import simgan
+from simgan.ensemble import EnsembleConfig, train_ensemble
+from simgan.fsutil import atomic_write_json
+from simgan.training import TrainConfig
+
+ENVS = {
+    "kicked": "simgan/KickedPendulum-v0",
+    "forking": "simgan/ForkingPointMass-v0",
+    "pendulum": "Pendulum-v1",
+}
+TARGET_COVERAGE, TOLERANCE = 0.80, 0.07
+
+
+def set_real_state(env, obs: np.ndarray) -> None:
+    """Put a real env at the state behind ``obs`` (simgan's envs have set_state; Pendulum-v1 is set by hand)."""
+    inner = env.unwrapped
+    if hasattr(inner, "set_state") and not hasattr(inner, "model"):
+        inner.set_state(obs)
+    elif type(inner).__name__ == "PendulumEnv":
+        inner.state = np.array([np.arctan2(obs[1], obs[0]), obs[2]], dtype=np.float64)
+    else:
+        raise ValueError(f"cannot set the state of {type(inner).__name__}")
+
+
+def real_futures(env_id: str, start: np.ndarray, plan: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+    """N x H x obs_dim real trajectories from ``start`` under the open-loop ``plan`` (H x act_dim)."""
+    env = envs.make_env(env_id)
+    env.reset(seed=seed)
+    horizon = len(plan)
+    out = np.full((num_samples, horizon, len(start)), np.nan, np.float32)
+    for n in range(num_samples):
+        set_real_state(env, start)
+        for t in range(horizon):
+            obs, _, terminated, _, _ = env.step(plan[t])
+            out[n, t] = obs
+            if terminated:
+                break
+    env.close()
+    return out
+
+
+def coverage(model, env_id: str, starts: np.ndarray, plans: np.ndarray, num_samples: int, seed: int) -> float:
+    """Share of real future states inside the model forecast's per-step 10-90 % band."""
+    result = simgan.forecast(
+        model,
+        starts,
+        actions=plans,
+        horizon=plans.shape[1],
+        num_samples=num_samples,
+        seed=seed,
+        compute_realism=False,
+    )
+    q = result.quantiles((0.1, 0.9))  # 2 x B x H x obs_dim
+    inside, total = 0, 0
+    for b, start in enumerate(starts):
+        real = real_futures(env_id, start, plans[b], num_samples, seed + b)
+        valid = np.isfinite(real) & np.isfinite(q[0, b])[None]
+        hit = (real >= q[0, b][None]) & (real <= q[1, b][None])
+        inside += int((hit & valid).sum())
+        total += int(valid.sum())
+    return inside / max(total, 1)
+
+
+def planning_time(
+    model, start: np.ndarray, action_space, *, candidates=350, particles=20, horizon=15, iterations=5, seed=0
+) -> float:
+    """Seconds for a PETS-sized CEM workload through simgan.forecast (median of 3 repeats)."""
+    rng = np.random.default_rng(seed)
+    states = np.repeat(start[None], candidates, axis=0)
+    times = []
+    for _ in range(3):
+        begin = time.perf_counter()
+        for _ in range(iterations):
+            plans = rng.uniform(
+                action_space.low, action_space.high, size=(candidates, horizon, *action_space.shape)
+            ).astype(np.float32)
+            simgan.forecast(
+                model,
+                states,
+                actions=plans,
+                horizon=horizon,
+                num_samples=particles,
+                seed=seed,
+                compute_realism=False,
+            )
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    parser.add_argument("--data-steps", type=int, default=20000, help="random-policy transitions per env")
+    parser.add_argument("--gan-steps", type=int, default=None, help="GAN steps (default: TrainConfig's)")
+    parser.add_argument(
+        "--ensemble-steps", type=int, default=None, help="ensemble steps (default: EnsembleConfig's)"
+    )
+    parser.add_argument("--starts", type=int, default=10, help="held-out start states per env")
+    parser.add_argument(
+        "--samples", type=int, default=200, help="forecast samples and real rollouts per state"
+    )
+    parser.add_argument("--horizon", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--out", default="results/bench_forecast.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows, speed = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.envs:
+            env_id = ENVS[key]
+            data = simgan.collect(
+                env_id,
+                steps=args.data_steps,
+                workers=0,
+                out=Path(tmp) / key / "data",
+                seed=args.seed,
+                progress=False,
+            )
+            gan_config = TrainConfig(seed=args.seed, steps=args.gan_steps, figures=False)
+            t0 = time.perf_counter()
+            gan = simgan.train(data, Path(tmp) / key / "gan", gan_config, progress=False)
+            gan_time = time.perf_counter() - t0
+            ens_kwargs = {"seed": args.seed, "progress": False}
+            if args.ensemble_steps is not None:
+                ens_kwargs["steps"] = args.ensemble_steps
+            t0 = time.perf_counter()
+            ensemble = train_ensemble(data, Path(tmp) / key / "ens", EnsembleConfig(**ens_kwargs))
+            ens_time = time.perf_counter() - t0
+
+            validation = data.validation
+            starts = validation.obs[
+                np.random.default_rng(args.seed).choice(len(validation), args.starts, replace=False)
+            ]
+            space = gan.info.action_space
+            plans = (
+                np.random.default_rng(args.seed + 1)
+                .uniform(space.low, space.high, size=(args.starts, args.horizon, *space.shape))
+                .astype(np.float32)
+            )
+            row = {
+                "env": env_id,
+                "gan_coverage": coverage(gan, env_id, starts, plans, args.samples, args.seed),
+                "ensemble_coverage": coverage(ensemble, env_id, starts, plans, args.samples, args.seed),
+                "gan_train_s": gan_time,
+                "ensemble_train_s": ens_time,
+            }
+            row["gan_pass"] = abs(row["gan_coverage"] - TARGET_COVERAGE) <= TOLERANCE
+            rows.append(row)
+            if env_id == "Pendulum-v1" or speed is None:
+                gan_s = planning_time(gan, starts[0], space, seed=args.seed)
+                ens_s = planning_time(ensemble, starts[0], space, seed=args.seed)
+                speed = {
+                    "env": env_id,
+                    "transitions": 350 * 20 * 15 * 5,
+                    "gan_s": gan_s,
+                    "ensemble_s": ens_s,
+                    "speedup": ens_s / gan_s,
+                    "gan_pass_1_5s": gan_s <= 1.5,
+                    "speedup_pass_3x": ens_s / gan_s >= 3,
+                }
+
+    print(
+        f"\nForecast calibration: share of real futures inside the 10-90 % band (target {TARGET_COVERAGE:.0%} "
+        f"+- {TOLERANCE:.0%}); {args.starts} start states x {args.samples} futures x {args.horizon} steps"
+    )
+    print("| env | GAN coverage | ensemble coverage | GAN within target | GAN train s | ensemble train s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['env']} | {r['gan_coverage']:.1%} | {r['ensemble_coverage']:.1%} | "
+            f"{'yes' if r['gan_pass'] else 'no'} | {r['gan_train_s']:.0f} | {r['ensemble_train_s']:.0f} |"
+        )
+    print(
+        f"\nPETS-sized planning workload on {speed['env']}: 350 x 20 x 15 x 5 = {speed['transitions']:,} transitions"
+    )
+    print("| model | seconds | transitions/s |")
+    print("|---|---|---|")
+    for name in ("gan", "ensemble"):
+        print(f"| {name} | {speed[name + '_s']:.2f} | {speed['transitions'] / speed[name + '_s']:,.0f} |")
+    print(
+        f"GAN <= 1.5 s: {'yes' if speed['gan_pass_1_5s'] else 'no'}; "
+        f"GAN >= 3x faster than ensemble: {'yes' if speed['speedup_pass_3x'] else 'no'} ({speed['speedup']:.2f}x)"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        out,
+        {
+            "args": vars(args),
+            "machine": {
+                "cpu_threads": args.threads,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            },
+            "calibration": rows,
+            "planning": speed,
+        },
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
