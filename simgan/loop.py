@@ -254,9 +254,12 @@ def finished_iterations(out: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _prepare(out: Path, config: LoopConfig, resume: bool) -> list[dict[str, Any]]:
+def _prepare(
+    out: Path, config: LoopConfig, agent_params: dict[str, Any], resume: bool
+) -> list[dict[str, Any]]:
     """Check the output directory; returns the finished iterations to continue from (resume)."""
     params = {k: v for k, v in asdict(config).items() if k not in ("iterations", "device", "workers")}
+    params.update({f"agent.{k}": v for k, v in agent_params.items()})
     if out.exists() and not out.is_dir():
         raise LoopError(f"{out}: expected a directory (or nothing), got a file")
     if out.is_dir() and any(out.iterdir()):
@@ -315,6 +318,7 @@ def run_loop(
     progress: bool = True,
     log: Callable[[str], None] = print,
     stop_at_return: float | None = None,
+    agent_params: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) the model-based loop; see the module docstring for what one iteration does.
 
@@ -328,6 +332,8 @@ def run_loop(
         progress: progress bars of collection and training.
         log: where one-line iteration summaries go.
         stop_at_return: stop early once the mean real return reaches this value (benchmarks).
+        agent_params: JSON-able description of the agent (algorithm, hyperparameters), stored in ``loop.json``
+            and checked on resume like the config.
 
     Returns:
         The records of all finished iterations (one dict per row of ``progress.csv``).
@@ -339,7 +345,7 @@ def run_loop(
     from simgan.collection import collect
 
     out = Path(out)
-    records = _prepare(out, config, resume)
+    records = _prepare(out, config, dict(agent_params or {}), resume)
     start = len(records)
     if start:
         agent.restore(iteration_dir(out, start - 1) / "agent")

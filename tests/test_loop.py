@@ -96,6 +96,10 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
 
     other = simgan("loop", *TINY, "--iterations", "3", "--out", str(run), "--seed", "2", "--resume")
     assert other.returncode == 2 and "seed: stored 1, requested 2" in other.stderr
+    other = simgan(
+        "loop", *TINY, "--iterations", "3", "--out", str(run), "--seed", "1", "--algo", "ppo", "--resume"
+    )
+    assert other.returncode == 2 and "agent.algo: stored 'sac', requested 'ppo'" in other.stderr
 
     # a half-finished iteration (killed mid-way) is discarded and redone
     (run / "iter-002" / "data").mkdir(parents=True)
@@ -111,6 +115,7 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
     assert (run / "iter-002" / "done.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_loop_collects_through_ray_with_ppo(tmp_path: Path) -> None:
     run = tmp_path / "ppo"

@@ -69,8 +69,19 @@ def run(args: argparse.Namespace) -> int:
     spaces = (probe.observation_space, probe.action_space)
     probe.close()
     agent = make_loop_agent(args.algo, *spaces, args=args, config=config, progress=not args.quiet)
+    agent_params: dict[str, Any] = {"algo": args.algo}
+    if args.algo == "sac":
+        agent_params["updates_per_step"] = args.updates_per_step
+    if args.algo == "mpc":
+        agent_params.update(horizon=args.mpc_horizon, population=args.mpc_population)
     records = run_loop(
-        config, agent, args.out, resume=args.resume, address=args.address, progress=not args.quiet
+        config,
+        agent,
+        args.out,
+        resume=args.resume,
+        address=args.address,
+        progress=not args.quiet,
+        agent_params=agent_params,
     )
     if records:
         last = records[-1]
@@ -235,6 +246,9 @@ class PlannerPolicy:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_policy": None}
+
+    def __repr__(self) -> str:
+        return f"PlannerPolicy({self.model_dir!r}, {self.planner})"
 
 
 class MPCLoopAgent:
