@@ -72,17 +72,18 @@ class LoopConfig:
         default=1000, metadata={"help": "real env steps collected per iteration"}
     )
     initial_steps: int | None = field(
-        default=None, metadata={"help": "random-policy steps of iteration 0 (default: --real-steps-per-iter)"}
+        default=None, metadata={"help": "random-policy steps of iteration 0; None: --real-steps-per-iter"}
     )
     model_steps: int | None = field(
-        default=None, metadata={"help": "world-model optimiser steps per iteration (default: the model's)"}
+        default=None,
+        metadata={"help": "world-model optimiser steps per iteration; None: the model's own default"},
     )
     rollout_horizon: int = field(
-        default=20, metadata={"help": "branched rollout length k in the learned env"}
+        default=25, metadata={"help": "branched rollout length k in the learned env"}
     )
-    sim_envs: int = field(default=64, metadata={"help": "parallel learned sub-envs the agent trains in"})
+    sim_envs: int = field(default=32, metadata={"help": "parallel learned sub-envs the agent trains in"})
     agent_steps_per_iter: int = field(
-        default=20_000, metadata={"help": "simulated transitions the agent trains on per iteration"}
+        default=12_000, metadata={"help": "simulated transitions the agent trains on per iteration"}
     )
     eval_episodes: int = field(default=10, metadata={"help": "real episodes per evaluation"})
     workers: int = field(default=1, metadata={"help": "Ray collection workers (0: in this process, no Ray)"})

@@ -44,7 +44,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpc-horizon", type=int, default=20, help="MPC: planning horizon")
     parser.add_argument("--mpc-population", type=int, default=100, help="MPC: CEM candidates per iteration")
     parser.add_argument(
-        "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
+        "--address", default=None, help="Ray cluster address; unset: $RAY_ADDRESS, else a local cluster"
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out after its last iteration"
