@@ -8,7 +8,8 @@
                   SimVectorEnv started at real states of the data and rolled ``rollout_horizon`` steps
       5. save     the agent                                                             -> agent/
       6. evaluate it in the real env (``eval_episodes`` episodes)                       -> done.json (written last)
-    DIR/progress.csv and DIR/tb/ are rebuilt from the done.json files: real return against real env steps.
+    DIR/progress.csv (rewritten atomically from the done.json records) and DIR/tb/: real return against real
+    env steps (x axis), plus the agent's own curves under DIR/tb/agent-XXX/.
 
 The library never imports ``agents``: the agent reaches the loop through the small :class:`LoopAgent` protocol,
 which the CLI (``simgan/cli/loop.py``) implements with SAC / PPO / CEM-MPC. The loop hands the agent a
@@ -18,7 +19,8 @@ be picklable for Ray (e.g. one that loads the saved agent lazily in the worker).
 
 Real env steps count only the collected transitions (evaluation episodes are not counted, as in MBPO's plots).
 ``resume=True`` continues after the last iteration whose ``done.json`` exists; a half-finished iteration is
-discarded and redone. Same seed, same numbers (up to Ray scheduling when several workers are used).
+discarded and redone. Every stage is seeded from ``seed`` and the iteration index (same seed and worker
+count: same datasets; CPU training is deterministic too).
 """
 
 from __future__ import annotations
