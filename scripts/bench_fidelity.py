@@ -9,7 +9,11 @@ For every env: one dataset (collection seed 0, reused from ``OUT/data`` when pre
 multimodal env, ``OUT/samples_<env>.png``: both models' samples at one fixed (s, a) over the true next-state
 distribution. Targets (ratio = GAN / ensemble of the seed means):
 
-* multimodal envs: one-step ``mmd2`` and ``sliced_w1`` ratio <= 0.5 (conditional versions reported too);
+* multimodal envs: one-step MMD^2 and sliced W1 ratio <= 0.5, measured *conditionally* (``cond_mmd2``,
+  ``cond_sliced_w1``: many samples at fixed (s, a) from the model and from the env). The unconditional one-step
+  ``mmd2`` / ``sliced_w1`` over validation transitions are reported beside them; with a median-heuristic
+  bandwidth over whole transitions they barely see mode structure (both models score near 0), so they cannot
+  decide this target;
 * deterministic envs: ``mean_error`` and ``rollout_mse/k10`` ratio <= 1.2;
 * Pendulum-v1: the GAN reaches its best validation score within 180 s (``time_to_best_s``).
 """
@@ -31,10 +35,10 @@ MULTIMODAL = ("simgan/KickedPendulum-v0", "simgan/ForkingPointMass-v0")
 DEFAULT_ENVS = ("Pendulum-v1", "CartPole-v1", "HalfCheetah-v5", *MULTIMODAL)
 # (metric, limit on GAN / ensemble) per env kind; lower metric = better for all of them
 TARGETS = {
-    "multimodal": (("mmd2", 0.5), ("sliced_w1", 0.5)),
+    "multimodal": (("cond_mmd2", 0.5), ("cond_sliced_w1", 0.5)),
     "deterministic": (("mean_error", 1.2), ("rollout_mse/k10", 1.2)),
 }
-INFO_COLUMNS = ("cond_mmd2", "cond_sliced_w1", "energy", "sample_error", "rollout_mse/k25", "termination_f1")
+INFO_COLUMNS = ("mmd2", "sliced_w1", "mean_error", "rollout_mse/k10", "rollout_mse/k25", "termination_f1")
 PENDULUM_TIME_LIMIT_S = 180.0
 
 
@@ -57,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="results/bench_fidelity", help="output directory")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--table-only", action="store_true", help="rebuild table.md from OUT/results.json, train nothing"
+    )
     return p.parse_args()
 
 
@@ -154,7 +161,10 @@ def format_table(summaries: dict[str, dict[str, Any]], seeds: int) -> str:
     ]
     for env_id, summary in summaries.items():
         means = summary["means"]
-        info = " | ".join(f"{means['gan'][c]:.3g} / {means['ensemble'][c]:.3g}" for c in INFO_COLUMNS)
+        info = " | ".join(
+            f"{means['gan'].get(c, math.nan):.3g} / {means['ensemble'].get(c, math.nan):.3g}"
+            for c in INFO_COLUMNS
+        )
         for name, check in summary["checks"].items():
             shown = check.get("ratio", check.get("value"))
             target = f"{name} <= {check['limit']:g}" + (" s" if "value" in check else "")
@@ -232,6 +242,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    if args.table_only:  # e.g. after changing the targets: re-summarise the stored per-seed metrics
+        stored = json.loads((root / "results.json").read_text())
+        summaries = {env: summarize(env, entry["per_seed"]) for env, entry in stored["envs"].items()}
+        for env, entry in stored["envs"].items():
+            entry.update(_jsonable(summaries[env]))
+        atomic_write_json(root / "results.json", stored)
+        table = format_table(summaries, stored["args"]["seeds"])
+        atomic_write_bytes(root / "table.md", (table + "\n").encode())
+        print(table)
+        return
     results: dict[str, Any] = {"args": vars(args), "envs": {}}
     summaries = {}
     for env_id in args.envs:
