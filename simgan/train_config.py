@@ -37,16 +37,16 @@ class TrainConfig:
     lr_mean: float = field(
         default=1e-3, metadata={"help": "Adam learning rate of the mean head (regression)"}
     )
-    lr_g: float = field(default=1e-4, metadata={"help": "Adam learning rate of the residual generator"})
-    lr_d: float = field(default=1e-4, metadata={"help": "Adam learning rate of the discriminator"})
+    lr_g: float = field(default=5e-4, metadata={"help": "Adam learning rate of the residual generator"})
+    lr_d: float = field(default=5e-4, metadata={"help": "Adam learning rate of the discriminator"})
     lr_half_life: float = field(
-        default=0.0,
+        default=2000.0,
         metadata={"help": "steps over which every learning rate halves (exponential decay; 0: constant)"},
     )
-    n_critic: int = field(default=2, metadata={"help": "discriminator updates per generator update"})
+    n_critic: int = field(default=3, metadata={"help": "discriminator updates per generator update"})
     gp_lambda: float = field(default=10.0, metadata={"help": "gradient-penalty weight (wgan-gp)"})
     mean_penalty: float = field(
-        default=10.0, metadata={"help": "weight of the zero-mean penalty on the residual"}
+        default=0.1, metadata={"help": "weight of the zero-mean penalty on the residual"}
     )
     scale_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the residual scale"})
     max_grad_norm: float = field(default=100.0, metadata={"help": "gradient clipping norm (0: off)"})

@@ -510,7 +510,9 @@ class Evaluator:
 
         gen, norm = self.model.generator, self.model.normalizer
         obs_dim = self.obs.shape[1]
-        dims = (0, 1) if obs_dim > 1 else (0, obs_dim)  # x, y columns of [next_obs, reward]
+        # x, y columns of [next_obs, reward]: the two state dimensions that change the most per step
+        top = torch.argsort(norm.delta_std, descending=True)[:2].sort().values.tolist()
+        dims = (top[0], top[1]) if obs_dim > 1 else (0, obs_dim)
         fig, axes = plt.subplots(1, self.FIGURE_CONDITIONS, figsize=(3.2 * self.FIGURE_CONDITIONS, 3.0))
         for ax, row in zip(axes, self.fixed[:: self.SPREAD_CONDITIONS // self.FIGURE_CONDITIONS].tolist()):
             noise = self.fixed_noise[: self.SPREAD_SAMPLES]
