@@ -206,15 +206,19 @@ def sample_figure(env_id: str, dataset, models: dict[str, Any], path: Path) -> N
         to_xy = lambda s: s[:, :2]  # noqa: E731
         labels = ("next x", "next y")
     fig, ax = plt.subplots(figsize=(6, 5))
+    # models first, the true samples last on top (the kicked pendulum's are two exact points)
     styles = {
-        "true": ("0.6", 18, "true env"),
-        "gan": ("tab:blue", 6, "GAN"),
-        "ensemble": ("tab:orange", 6, "ensemble"),
+        "gan": ("tab:blue", 6, "o", "GAN"),
+        "ensemble": ("tab:orange", 6, "o", "ensemble"),
+        "true": ("black", 40, "x", "true env"),
     }
-    for name, xs in samples.items():
-        color, size, label = styles[name]
-        xy = to_xy(xs)
-        ax.scatter(xy[:, 0], xy[:, 1], s=size, c=color, alpha=0.5, label=label, linewidths=0)
+    for name in ("gan", "ensemble", "true"):
+        color, size, marker, label = styles[name]
+        xy = to_xy(samples[name])
+        alpha = 0.8 if name == "true" else 0.5
+        ax.scatter(
+            xy[:, 0], xy[:, 1], s=size, c=color, marker=marker, alpha=alpha, label=label, linewidths=0.8
+        )
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_title(f"{env_id}\n{n} next-state samples at one (s, a)", fontsize=10)
