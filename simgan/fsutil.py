@@ -7,6 +7,7 @@ sees either the old file or the complete new one, never a half-written file, eve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,10 +30,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         # Never leave a temp file behind, whatever interrupted us (KeyboardInterrupt included).
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
