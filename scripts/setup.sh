@@ -33,6 +33,17 @@ if ! python -c "import torch" >/dev/null 2>&1; then
     echo "[setup] GPU found: torch with CUDA from PyPI"
     pip install -q "torch>=2.6"
   elif pip install -q --no-index --no-deps "$CPU_TORCH" >/dev/null 2>&1; then
+    # --no-deps skipped torch's own requirements (sympy, networkx, ...): install them from the index now.
+    mapfile -t torch_deps < <(python - <<'PY'
+import importlib.metadata as md
+from pip._vendor.packaging.requirements import Requirement
+for line in md.requires("torch") or []:
+    req = Requirement(line)
+    if req.marker is None or req.marker.evaluate({"extra": ""}):
+        print(str(req).split(";")[0].strip())
+PY
+)
+    [ "${#torch_deps[@]}" -eq 0 ] || pip install -q "${torch_deps[@]}"
     echo "[setup] no GPU: installed the local CPU build ($CPU_TORCH)"
   elif pip install -q --timeout 20 --retries 1 --index-url https://download.pytorch.org/whl/cpu "torch>=2.6"; then
     echo "[setup] no GPU: installed torch from the PyTorch CPU index"
