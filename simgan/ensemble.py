@@ -35,7 +35,7 @@ from torch import nn
 from simgan.checkpoint import CheckpointError, ModelFiles, save_model
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
-from simgan.world_model import ModelInfo, encode_action
+from simgan.world_model import ModelInfo, encode_action, transition_tensors
 
 _MIN_STD = 1e-6
 
@@ -235,13 +235,7 @@ class GaussianEnsemble(nn.Module):
     ) -> torch.Tensor:
         """Log-density (normalised units) of each transition under the equal-weight elite mixture, B floats."""
         inputs = self.normalized_inputs(obs, action)
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
-        if next_obs.shape != obs.shape:
-            raise EnsembleError(f"next_obs: expected shape {tuple(obs.shape)}, got {tuple(next_obs.shape)}")
-        reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device).reshape(-1)
-        if reward.shape[0] != obs.shape[0]:
-            raise EnsembleError(f"reward: expected {obs.shape[0]} values, got shape {tuple(reward.shape)}")
+        obs, next_obs, reward = transition_tensors(obs, next_obs, reward, self.device, EnsembleError)
         target = self.normalized_targets(obs, next_obs, reward)
         mean, logvar, _ = self.forward(inputs)
         mean, logvar = mean[self.elite_index], logvar[self.elite_index]  # K x B x T

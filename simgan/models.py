@@ -30,7 +30,7 @@ from torch import nn
 from simgan.checkpoint import ModelFiles
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
-from simgan.world_model import ModelInfo, encode_action
+from simgan.world_model import ModelInfo, encode_action, transition_tensors
 
 _MIN_STD = 1e-6
 _MIN_RESIDUAL_SCALE = 1e-3
@@ -263,13 +263,7 @@ class ConditionalGAN(nn.Module):
     ) -> torch.Tensor:
         """Raw discriminator scores of transitions, B (higher = more real)."""
         cond = self.condition(obs, action)
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
-        if next_obs.shape != obs.shape:
-            raise ModelShapeError(f"next_obs: expected shape {tuple(obs.shape)}, got {tuple(next_obs.shape)}")
-        reward = torch.as_tensor(reward, dtype=torch.float32, device=self.device).reshape(-1)
-        if reward.shape[0] != obs.shape[0]:
-            raise ModelShapeError(f"reward: expected {obs.shape[0]} values, got shape {tuple(reward.shape)}")
+        obs, next_obs, reward = transition_tensors(obs, next_obs, reward, self.device, ModelShapeError)
         was_training = self.discriminator.training
         self.discriminator.eval()  # spectral norm: no power iteration outside training
         scores = self.discriminator(cond, self.judged_residual(cond, obs, next_obs, reward))

@@ -83,7 +83,11 @@ class ModelInfo:
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"initial_states": self.initial_states, "state_low": self.state_low, "state_high": self.state_high}
+        return {
+            "initial_states": self.initial_states,
+            "state_low": self.state_low,
+            "state_high": self.state_high,
+        }
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ModelInfo:
@@ -139,3 +143,24 @@ def encode_action(action: torch.Tensor, action_space: gym.Space) -> torch.Tensor
         index = action.reshape(-1).long() - int(action_space.start)
         return torch.nn.functional.one_hot(index, int(action_space.n)).to(torch.float32)
     return action.reshape(action.shape[0], -1).to(torch.float32)
+
+
+def transition_tensors(
+    obs: torch.Tensor,
+    next_obs: torch.Tensor,
+    reward: torch.Tensor,
+    device: torch.device,
+    error: type[Exception] = ValueError,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(obs, next_obs, reward) as float32 tensors on ``device``, checked to describe the same B transitions.
+
+    Raises ``error`` ("expected ..., got ...") when next_obs is not shaped like obs or reward has not B values.
+    """
+    obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+    next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+    if next_obs.shape != obs.shape:
+        raise error(f"next_obs: expected shape {tuple(obs.shape)}, got {tuple(next_obs.shape)}")
+    reward = torch.as_tensor(reward, dtype=torch.float32, device=device).reshape(-1)
+    if reward.shape[0] != obs.shape[0]:
+        raise error(f"reward: expected {obs.shape[0]} values, got shape {tuple(reward.shape)}")
+    return obs, next_obs, reward
