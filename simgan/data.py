@@ -128,7 +128,9 @@ class TransitionBatch:
 
 def array_schema(batch: TransitionBatch) -> dict[str, dict[str, Any]]:
     """The manifest's description of each array: dtype and per-row shape."""
-    return {name: {"dtype": str(arr.dtype), "shape": list(arr.shape[1:])} for name, arr in batch.arrays().items()}
+    return {
+        name: {"dtype": str(arr.dtype), "shape": list(arr.shape[1:])} for name, arr in batch.arrays().items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,7 +285,9 @@ def check_episode_consistency(batch: TransitionBatch, *, source: str) -> None:
     ended = batch.terminated[:-1] | batch.truncated[:-1]
     if (same_episode & ended).any():
         i = int(np.flatnonzero(same_episode & ended)[0])
-        raise SchemaError(f"{source}: episode {batch.episode[i]} continues after it ended at step {batch.step[i]}")
+        raise SchemaError(
+            f"{source}: episode {batch.episode[i]} continues after it ended at step {batch.step[i]}"
+        )
 
 
 @dataclass(frozen=True)
@@ -373,11 +377,15 @@ def load_dataset(
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise ManifestError(f"{directory}: expected a dataset directory, got {'a file' if directory.exists() else 'nothing'}")
+        raise ManifestError(
+            f"{directory}: expected a dataset directory, got {'a file' if directory.exists() else 'nothing'}"
+        )
     manifest = read_manifest(directory)
     schema = manifest["arrays"]
     if set(schema) != set(FIELDS):
-        raise SchemaError(f"{directory / MANIFEST_NAME}: expected arrays {sorted(FIELDS)}, got {sorted(schema)}")
+        raise SchemaError(
+            f"{directory / MANIFEST_NAME}: expected arrays {sorted(FIELDS)}, got {sorted(schema)}"
+        )
     if not manifest["shards"]:
         raise ManifestError(f"{directory / MANIFEST_NAME}: lists no shards")
     batches = [read_shard(directory / entry["file"], entry, schema) for entry in manifest["shards"]]
@@ -393,6 +401,42 @@ def load_dataset(
         check_episode_consistency(transitions, source=str(directory))
     validation = split_episodes(transitions.episode, validation_fraction, split_seed)
     return Dataset(path=directory, manifest=manifest, transitions=transitions, validation_episodes=validation)
+
+
+def shard_slice(manifest: dict[str, Any], rank: int, world_size: int) -> list[dict[str, Any]]:
+    """The manifest entries of the shards worker ``rank`` of ``world_size`` reads: every ``world_size``-th one.
+
+    Raises:
+        DatasetError: fewer shards than workers (some worker would get no data).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank / world_size: expected 0 <= rank < world_size, got {rank} / {world_size}")
+    shards = manifest["shards"]
+    if len(shards) < world_size:
+        raise DatasetError(
+            f"expected at least {world_size} shards (one per training worker), got {len(shards)}; collect with "
+            "more --workers or a smaller --chunk-steps, or train with fewer workers"
+        )
+    return shards[rank::world_size]
+
+
+def load_shard_slice(
+    directory: str | Path, rank: int, world_size: int
+) -> tuple[dict[str, Any], TransitionBatch]:
+    """Read and verify only worker ``rank``'s shards (see :func:`shard_slice`); rows sorted by (episode, step).
+
+    Each shard is checked like in :func:`load_dataset` (checksum, row count, schema); episode consistency is not,
+    since an episode may continue in a shard another worker reads.
+
+    Returns:
+        The manifest and this worker's transitions.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    schema = manifest["arrays"]
+    batches = [read_shard(directory / e["file"], e, schema) for e in shard_slice(manifest, rank, world_size)]
+    transitions = TransitionBatch.concatenate(batches)
+    return manifest, transitions.select(np.lexsort((transitions.step, transitions.episode)))
 
 
 def summarize(dataset: Dataset) -> str:
@@ -421,7 +465,9 @@ def summarize(dataset: Dataset) -> str:
         lines.append(f"{'act dim':>8} {'min':>12} {'max':>12} {'mean':>12} {'std':>12}")
         for d in range(t.action.shape[1]):
             col = t.action[:, d]
-            lines.append(f"{d:>8} {col.min():>12.4f} {col.max():>12.4f} {col.mean():>12.4f} {col.std():>12.4f}")
+            lines.append(
+                f"{d:>8} {col.min():>12.4f} {col.max():>12.4f} {col.mean():>12.4f} {col.std():>12.4f}"
+            )
     else:
         counts = np.bincount(t.action)
         lines.append("")
@@ -451,8 +497,10 @@ __all__ = [
     "decode_shard",
     "encode_shard",
     "load_dataset",
+    "load_shard_slice",
     "read_manifest",
     "read_shard",
+    "shard_slice",
     "split_episodes",
     "summarize",
     "write_manifest",

@@ -7,6 +7,11 @@ Each step: ``n_critic`` discriminator updates (real residual ``(target - mu) / s
 zero-mean penalty over K noise draws per condition). Every ``eval_every`` steps the model is scored on held-out
 validation transitions; the checkpoint with the best *energy score of generated transitions* (a proper scoring
 rule, never a GAN loss) is written to ``out/``, and the full training state to ``out/last/`` for ``--resume``.
+
+The same loop runs data-parallel: given a :class:`DistContext` (``simgan.distributed`` builds one inside each Ray
+Train worker), every rank samples its batches from its own slice of the data (batch RNG seeded ``seed + rank``),
+gradients are averaged across ranks before clipping, the residual scale's EMA uses the batch RMS averaged over
+ranks, and rank 0 alone evaluates and writes checkpoints and TensorBoard. Without one, nothing changes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import random
 import shutil
 import time
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +97,137 @@ def _resume_config(out: Path, config: TrainConfig | None) -> TrainConfig:
     return config
 
 
+@dataclass(frozen=True)
+class DistContext:
+    """How this process takes part in data-parallel training; the default is the single process.
+
+    With ``world_size > 1``, ``torch.distributed`` must already be initialised (Ray Train's ``TorchTrainer`` does
+    it: gloo on CPU, NCCL on GPU). Gradients are averaged by one explicit all-reduce of the flattened gradients
+    after each backward pass, which is what ``DistributedDataParallel`` computes; the wrapper itself is not used
+    because the GAN step calls sub-nets through methods (``gen.mean``, ``gen.residual``), freezes the
+    discriminator for the generator step and differentiates twice for the gradient penalty.
+
+    Attributes:
+        rank: this process's rank; rank 0 evaluates and writes checkpoints and TensorBoard.
+        world_size: number of training processes.
+        device: where to train; ``None``: ``config.device``.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | None = None
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"rank / world_size: expected 0 <= rank < world_size, got {self.rank} / {self.world_size}"
+            )
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Replace each parameter's gradient by its mean over ranks (one all-reduce for all of them)."""
+        if not self.distributed:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        for p, chunk in zip(parameters, flat.split([g.numel() for g in grads])):
+            p.grad = chunk.view_as(p).clone()
+
+    def average(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over ranks (``value`` itself in a single process)."""
+        if not self.distributed:
+            return value
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        return value / self.world_size
+
+    def reduce(self, value: torch.Tensor, op: str) -> torch.Tensor:
+        """``value`` reduced over ranks with ``op`` ("sum", "min" or "max")."""
+        if not self.distributed:
+            return value
+        value = value.clone()
+        ops = {"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN}
+        torch.distributed.all_reduce(value, op=ops.get(op, torch.distributed.ReduceOp.MAX))
+        return value
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank."""
+        if not self.distributed:
+            return flag
+        values = [flag]
+        torch.distributed.broadcast_object_list(values, src=0)
+        return bool(values[0])
+
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank."""
+        if not self.distributed:
+            return
+        for tensor in [*module.parameters(), *module.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
+
+
+SINGLE_PROCESS = DistContext()
+_CONSTANT_STD = 1e-6  # below this a column counts as constant and stays unscaled (as in Normalizer.fit)
+
+
+def _fit_normalizer(
+    model: ConditionalGAN, train_split: TransitionBatch, info: ModelInfo, dist: DistContext
+) -> None:
+    """Fit the normaliser on the training split of *all* ranks (exact moments from all-reduced sums)."""
+    model.normalizer.fit(train_split, info)
+    if not dist.distributed:
+        return
+    norm = model.normalizer
+    columns = {
+        "obs": train_split.obs,
+        "delta": train_split.next_obs.astype(np.float64) - train_split.obs.astype(np.float64),
+        "reward": train_split.reward.reshape(-1, 1),
+    }
+    if not info.is_discrete:
+        columns["action"] = train_split.action.reshape(len(train_split), -1)
+    count = float(dist.reduce(torch.tensor(float(len(train_split)), dtype=torch.float64), "sum"))
+    for name, values in columns.items():
+        values = torch.as_tensor(np.asarray(values, dtype=np.float64))  # n x D
+        total = dist.reduce(torch.stack([values.sum(0), values.pow(2).sum(0)]), "sum")  # 2 x D
+        mean = total[0] / count
+        std = (total[1] / count - mean.pow(2)).clamp_min(0).sqrt()
+        std = torch.where(std < _CONSTANT_STD, torch.ones_like(std), std)  # Normalizer.fit's rule
+        getattr(norm, f"{name}_mean").copy_(mean.float())
+        getattr(norm, f"{name}_std").copy_(std.float())
+
+
+def _model_info(dataset: Dataset, dist: DistContext) -> ModelInfo:
+    """:meth:`ModelInfo.from_dataset` over the training split of all ranks (initial states, state bounds)."""
+    info = ModelInfo.from_dataset(dataset)
+    if not dist.distributed:
+        return info
+    train_split = dataset.train
+    starts = train_split.step == 0
+    gathered = dist.gather((train_split.episode[starts], info.initial_states))
+    episodes = np.concatenate([e for e, _ in gathered])
+    initial = np.concatenate([s for _, s in gathered])[np.argsort(episodes, kind="stable")]
+    low = dist.reduce(torch.as_tensor(info.state_low), "min").numpy()
+    high = dist.reduce(torch.as_tensor(info.state_high), "max").numpy()
+    return replace(info, initial_states=initial, state_low=low, state_high=high)
+
+
 def _grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else math.inf)
 
@@ -139,11 +276,16 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    dist: DistContext = SINGLE_PROCESS,
 ) -> ConditionalGAN:
     """Train a conditional GAN world model on ``dataset``'s training split; returns the best model (eval mode).
 
     Writes ``out/`` (best checkpoint, chosen on the validation energy score of generated transitions),
     ``out/last/`` (latest model + ``train_state.pt`` for ``resume``) and ``out/tb/`` (TensorBoard).
+
+    Under data-parallel training (``dist.world_size > 1``), ``dataset`` holds this rank's training rows and the
+    validation rows of all ranks; only rank 0 touches ``out/`` (ranks > 0 read ``out/last/`` to resume and return
+    their in-memory model, which equals rank 0's latest weights, not the best checkpoint).
 
     Raises:
         RunDirectoryError: ``out`` is not empty and neither ``resume`` nor ``overwrite`` was given.
@@ -153,22 +295,24 @@ def train(
     from tqdm.auto import tqdm
 
     out = Path(out)
-    prepare_run_directory(out, resume=resume, overwrite=overwrite)
+    if dist.is_writer:
+        prepare_run_directory(out, resume=resume, overwrite=overwrite)
     config = _resume_config(out, config) if resume else (config or TrainConfig())
     if len(dataset.validation) == 0:
         raise SimganError(
             f"{dataset.path}: expected validation episodes, got none (use validation_fraction > 0)"
         )
-    device = resolve_device(config.device)
+    device = dist.device or resolve_device(config.device)
 
     # ---- model, data on the device, optimisers --------------------------------------------------------------
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    info = ModelInfo.from_dataset(dataset)
+    info = _model_info(dataset, dist)
     model = ConditionalGAN(info, config.model_config())
-    model.normalizer.fit(dataset.train, info)
+    _fit_normalizer(model, dataset.train, info, dist)
     model.to(device).train()
+    dist.broadcast_parameters(model)  # same seed, same init; this makes it certain
     gen, disc, norm = model.generator, model.discriminator, model.normalizer
 
     train_split = dataset.train
@@ -182,7 +326,10 @@ def train(
         )  # N x T
     train_done = torch.as_tensor(train_split.terminated, dtype=torch.float32, device=device)  # N
     num_train, target_dim = train_target.shape
-    total_steps = config.total_steps(num_train)
+    # the same step count on every rank: --epochs counts passes of the global batch over all ranks' rows
+    total_steps = config.total_steps(
+        round(float(dist.reduce(torch.tensor(float(num_train)), "sum")) / dist.world_size)
+    )
     batch, k = config.batch_size, config.samples_per_condition
 
     mean_params = list(gen.mean_net.parameters())
@@ -195,8 +342,8 @@ def train(
         ]
     )
     opt_d = torch.optim.Adam(disc_params, lr=config.lr_d, betas=(0.5, 0.9))
-    rng = torch.Generator(device=device).manual_seed(config.seed)
-    evaluator = Evaluator(model, dataset.validation, config, device)
+    rng = torch.Generator(device=device).manual_seed(config.seed + dist.rank)
+    evaluator = Evaluator(model, dataset.validation, config, device) if dist.is_writer else None
 
     state: dict[str, Any] = {
         "step": 0,
@@ -220,10 +367,17 @@ def train(
         saved = load_train_state(out / LAST_DIR)
         opt_g.load_state_dict(saved["opt_g"])
         opt_d.load_state_dict(saved["opt_d"])
-        _restore_rng_states(rng, saved["rng"])
+        if dist.is_writer:
+            _restore_rng_states(rng, saved["rng"])
+        else:  # only rank 0's RNG states are saved; the others draw fresh batches after a resume
+            rng.manual_seed(config.seed + dist.rank + dist.world_size * saved["counters"]["step"])
         state.update(saved["counters"])
-    writer = SummaryWriter(str(out / "tb"), purge_step=state["step"] if resume else None)
-    if not resume:
+    writer = (
+        SummaryWriter(str(out / "tb"), purge_step=state["step"] if resume else None)
+        if dist.is_writer
+        else None
+    )
+    if writer is not None and not resume:
         writer.add_text(
             "hyperparameters",
             hparams_table(
@@ -232,6 +386,7 @@ def train(
                     "device": str(device),
                     "num_train": num_train,
                     "total_steps": total_steps,
+                    **({"world_size": dist.world_size} if dist.distributed else {}),
                 }
             ),
         )
@@ -254,7 +409,7 @@ def train(
         initial=state["step"],
         total=total_steps,
         desc="train",
-        disable=not progress,
+        disable=not (progress and dist.is_writer),
         dynamic_ncols=True,
     )
     base_lrs = list(
@@ -282,6 +437,7 @@ def train(
                 d_loss = d_adv + config.gp_lambda * penalty
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
+            dist.average_gradients(disc_params)
             d_grad = _grad_norm(disc_params, config.max_grad_norm)
             _check_finite(step, discriminator_loss=d_loss, discriminator_grad_norm=d_grad)
             opt_d.step()
@@ -302,6 +458,7 @@ def train(
         g_loss = mse + bce + g_adv + config.mean_penalty * zero_mean
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
+        dist.average_gradients(mean_params + residual_params)
         mean_grad = _grad_norm(mean_params, config.max_grad_norm)
         residual_grad = _grad_norm(residual_params, config.max_grad_norm)
         _check_finite(step, generator_loss=g_loss, mean_grad_norm=mean_grad, residual_grad_norm=residual_grad)
@@ -309,13 +466,13 @@ def train(
 
         # ---- residual scale: EMA of the real residual's RMS per target dimension ------------------------------
         with torch.no_grad():
-            rms = (target - mean).pow(2).mean(dim=0).sqrt()  # T
+            rms = dist.average((target - mean).pow(2).mean(dim=0)).sqrt()  # T, over all ranks' batches
             new_scale = config.scale_momentum * gen.residual_scale + (1 - config.scale_momentum) * rms
             gen.residual_scale.copy_(new_scale.clamp_min(1e-3))
         done_steps = step + 1
 
         # ---- logging -------------------------------------------------------------------------------------------
-        if done_steps % config.log_every == 0 or done_steps == total_steps:
+        if writer is not None and (done_steps % config.log_every == 0 or done_steps == total_steps):
             scalars = {
                 "losses/d_loss": d_loss,
                 "losses/d_adversarial": d_adv,
@@ -347,37 +504,41 @@ def train(
 
         # ---- evaluation, best checkpoint, resumable state -------------------------------------------------------
         if done_steps % config.eval_every == 0 or done_steps == total_steps:
-            metrics = evaluator.evaluate(writer, done_steps)
-            state["step"] = done_steps
-            state["elapsed"] = time.perf_counter() - started
-            _update_alarms(state, metrics, config, writer, done_steps)
-            if metrics["energy_score"] < state["best_score"]:
-                state.update(
-                    best_score=metrics["energy_score"],
-                    best_step=done_steps,
-                    evals_since_best=0,
-                    time_to_best=state["elapsed"],
+            stop = False
+            if evaluator is not None:  # rank 0
+                metrics = evaluator.evaluate(writer, done_steps)
+                state["step"] = done_steps
+                state["elapsed"] = time.perf_counter() - started
+                _update_alarms(state, metrics, config, writer, done_steps)
+                if metrics["energy_score"] < state["best_score"]:
+                    state.update(
+                        best_score=metrics["energy_score"],
+                        best_step=done_steps,
+                        evals_since_best=0,
+                        time_to_best=state["elapsed"],
+                    )
+                    save_checkpoint(out, _final_metrics(metrics, state))
+                else:
+                    state["evals_since_best"] += 1
+                writer.add_scalar("eval/best_energy_score", state["best_score"], done_steps)
+                stop = 0 < config.early_stop_evals <= state["evals_since_best"]
+                if stop:
+                    total_steps = done_steps
+                save_checkpoint(out / LAST_DIR, _final_metrics(metrics, state))
+                save_train_state(
+                    out / LAST_DIR,
+                    {
+                        "opt_g": opt_g.state_dict(),
+                        "opt_d": opt_d.state_dict(),
+                        "rng": _rng_states(rng),
+                        "counters": dict(state),
+                    },
                 )
-                save_checkpoint(out, _final_metrics(metrics, state))
-            else:
-                state["evals_since_best"] += 1
-            writer.add_scalar("eval/best_energy_score", state["best_score"], done_steps)
-            stop = 0 < config.early_stop_evals <= state["evals_since_best"]
-            if stop:
-                total_steps = done_steps
-            save_checkpoint(out / LAST_DIR, _final_metrics(metrics, state))
-            save_train_state(
-                out / LAST_DIR,
-                {
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "rng": _rng_states(rng),
-                    "counters": dict(state),
-                },
-            )
-            if stop:
+            if dist.broadcast_flag(stop):
                 break
     bar.close()
+    if writer is None:
+        return model.eval()
     writer.close()
     from simgan.checkpoint import load_model
 
