@@ -92,8 +92,9 @@ def train_distributed(
             last checkpoint in ``out/last/`` (0: fail at once with :class:`DistributedTrainingError`).
 
     Returns:
-        ``{"world_size", "backend", "steps", "seconds", "transitions_per_second", "workers": [{rank, node_id,
-        hostname, rows, shards}, ...]}``; the model itself is in ``out``.
+        ``{"world_size", "backend", "steps", "resumed_from_step", "seconds", "transitions_per_second", "workers":
+        [{rank, node_id, hostname, rows, shards}, ...]}`` (``seconds``: this attempt's ``train`` call; transitions
+        counted as ``steps x batch_size x world_size`` generator-step conditions); the model itself is in ``out``.
     """
     from simgan.data import read_manifest, shard_slice
 
@@ -180,6 +181,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         else probe
     )
     dataset, shards = _dataset_slice(Path(loop_config["data"]), config.validation_fraction, dist)
+    resumed_from = json.loads((out / LAST_DIR / "model.json").read_text())["metrics"]["step"] if resume else 0
 
     started = time.perf_counter()
     train(dataset, out, config, resume=resume, overwrite=not resume, progress=False, dist=dist)
@@ -204,8 +206,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
                 "world_size": world_size,
                 "backend": torch.distributed.get_backend() if world_size > 1 else "none",
                 "steps": steps,
+                "resumed_from_step": resumed_from,
                 "seconds": seconds,
-                "transitions_per_second": steps * config.batch_size * world_size / seconds,
+                "transitions_per_second": (steps - resumed_from) * config.batch_size * world_size / seconds,
                 "workers": workers,
             },
         )
