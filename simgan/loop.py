@@ -461,18 +461,9 @@ def _maybe_init_ray(workers: int, address: str | None) -> bool:
     """Start (or connect to) Ray once for all iterations, so each collection does not pay Ray's start-up."""
     if workers == 0:
         return False
-    import os
+    from simgan.distributed import connect_ray
 
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
+    return connect_ray(address)
 
 
 __all__ = [

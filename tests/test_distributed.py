@@ -132,6 +132,13 @@ def test_cli_rejects_bad_values(dataset: Path, tmp_path: Path) -> None:
         )
         assert result.returncode == 2 and message in result.stderr, (flags, result.stderr)
         assert not (tmp_path / "x").exists()
+    for command in (["collect", "--steps", "10"], ["loop"]):
+        result = simgan_cli(
+            *command, "--env", "Pendulum-v1", "--out", str(tmp_path / "x"), "--workers", "0", "--address",
+            "127.0.0.1:1", env=env, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "--address: expected --workers >= 1" in result.stderr and not (tmp_path / "x").exists()
 
 
 # ---- a real two-node cluster on loopback ------------------------------------------------------------------------

@@ -154,6 +154,12 @@ def resolve_policy(policy: str, env_id: str, env_kwargs: dict[str, Any]) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.address and args.workers == 0:
+        from simgan.cli import CLIError
+
+        raise CLIError(
+            "--address: expected --workers >= 1 (Ray workers to run on the cluster), got --workers 0"
+        )
     env_kwargs = parse_env_kwargs(args.env_kwargs)
     policy = resolve_policy(args.policy, args.env, env_kwargs)
 

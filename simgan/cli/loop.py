@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from simgan.loop import LoopConfig, run_loop
 
     config = dataclass_from_namespace(LoopConfig, args)
+    if args.address and config.workers == 0:
+        from simgan.cli import CLIError
+
+        raise CLIError(
+            "--address: expected --workers >= 1 (Ray workers to run on the cluster), got --workers 0"
+        )
     if resolve_device(config.device).type == "cpu":
         import torch
 
