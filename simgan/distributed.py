@@ -56,7 +56,10 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # "local": always a new cluster of our own, never one that happens to run on this machine
+        ray.init(
+            address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+        )
     return True
 
 
@@ -250,3 +253,111 @@ class _FaultyContext(DistContext):
         if len(self.calls) >= self.fail_at:
             os._exit(1)  # no cleanup, no exception: what a killed process looks like to its peers
         super().average_gradients(parameters)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learned-env rollouts sharded over Ray actors
+# ---------------------------------------------------------------------------------------------------------------
+
+ROLLOUT_KEYS = ("obs", "actions", "rewards", "terminated", "truncated")
+
+
+class SimRolloutShard:
+    """One shard: a :class:`simgan.SimVectorEnv` of ``num_envs`` sub-envs over a model directory (a plain class;
+    :func:`sharded_rollouts` runs it in-process or as a Ray actor)."""
+
+    def __init__(self, model_dir: str, num_envs: int, seed: int, device: str, policy: Any = None) -> None:
+        from simgan.sim_vector_env import SimVectorEnv
+
+        self.envs = SimVectorEnv(model_dir, num_envs, device=device, seed=seed)
+        self.seed, self.policy = seed, policy
+
+    def rollout(self, horizon: int, actions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``horizon`` steps from a reset seeded ``seed``; actions from ``actions`` (B x H x ...) or the policy.
+
+        Returns:
+            ``obs`` B x (H + 1) x O, ``actions`` B x H x ..., ``rewards``, ``terminated``, ``truncated`` B x H
+            (the vector env's stream: a sub-env that ended restarts on the next step, gymnasium's next-step
+            autoreset).
+        """
+        obs, _ = self.envs.reset(seed=self.seed)
+        steps: dict[str, list[np.ndarray]] = {key: [] for key in ROLLOUT_KEYS}
+        steps["obs"].append(obs)
+        for t in range(horizon):
+            action = actions[:, t] if actions is not None else np.asarray(self.policy(obs))
+            obs, reward, terminated, truncated, _ = self.envs.step(action)
+            for key, value in zip(ROLLOUT_KEYS, (obs, action, reward, terminated, truncated)):
+                steps[key].append(np.asarray(value))
+        return {key: np.stack(values, axis=1) for key, values in steps.items()}
+
+
+def sharded_rollouts(
+    model_dir: str | Path,
+    *,
+    num_shards: int,
+    envs_per_shard: int,
+    horizon: int,
+    policy: Any = None,
+    actions: np.ndarray | None = None,
+    seed: int = 0,
+    workers: bool = True,
+    address: str | None = None,
+    device: str = "cpu",
+    gpus_per_shard: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Roll out ``num_shards`` learned-env shards (Ray actors, one per GPU or CPU) and gather their rollouts.
+
+    Shard ``k`` holds ``envs_per_shard`` sub-envs seeded ``seed + k``; its rows come ``k``-th in the result, so
+    the result does not depend on where the shards ran (``workers=False`` runs them one after another here).
+
+    Args:
+        model_dir: a model directory every node sees.
+        num_shards, envs_per_shard, horizon: S, B, H.
+        policy: picklable callable ``obs (B x O) -> actions (B x ...)``; or
+        actions: open-loop actions, (S * B) x H x action shape.
+        seed: base seed.
+        workers: run the shards as Ray actors (else in this process, no Ray).
+        address: Ray cluster (else ``RAY_ADDRESS``, else an embedded local cluster).
+        device: where each shard simulates ("cpu", "cuda", "auto").
+        gpus_per_shard: GPUs each actor reserves (1.0: one shard per GPU).
+
+    Returns:
+        As :meth:`SimRolloutShard.rollout`, with S * B rows.
+    """
+    for name, value in (("num_shards", num_shards), ("envs_per_shard", envs_per_shard), ("horizon", horizon)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if (policy is None) == (actions is None):
+        raise ValueError(
+            "policy / actions: expected exactly one of them, got " + ("both" if policy else "neither")
+        )
+    rows = num_shards * envs_per_shard
+    if actions is not None:
+        actions = np.asarray(actions)
+        if actions.shape[:2] != (rows, horizon):
+            raise ValueError(
+                f"actions: expected shape ({rows}, {horizon}, ...) for {num_shards} shards x {envs_per_shard} "
+                f"envs x horizon {horizon}, got {actions.shape}"
+            )
+    parts = [
+        None if actions is None else actions[k * envs_per_shard : (k + 1) * envs_per_shard]
+        for k in range(num_shards)
+    ]
+    args = [(str(model_dir), envs_per_shard, seed + k, device, policy) for k in range(num_shards)]
+    if not workers:
+        results = [SimRolloutShard(*a).rollout(horizon, p) for a, p in zip(args, parts)]
+    else:
+        import ray
+
+        started = connect_ray(address)
+        try:
+            cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / num_shards)
+            remote = ray.remote(num_cpus=cpus, num_gpus=gpus_per_shard)(SimRolloutShard)
+            actors = [remote.remote(*a) for a in args]
+            results = ray.get([actor.rollout.remote(horizon, p) for actor, p in zip(actors, parts)])
+            for actor in actors:
+                ray.kill(actor)
+        finally:
+            if started:
+                ray.shutdown()
+    return {key: np.concatenate([r[key] for r in results]) for key in ROLLOUT_KEYS}

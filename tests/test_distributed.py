@@ -294,3 +294,36 @@ def test_killed_worker_fails_clearly_or_recovers(
         load_model(run)
     with pytest.raises(CheckpointError):
         load_model_files(tmp_path)  # sanity: the check above would notice a missing/corrupt directory
+
+
+# ---- learned-env rollouts sharded over Ray actors -------------------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sharded_rollouts_match_in_process_shards(dataset: Path, tmp_path: Path) -> None:
+    from simgan.distributed import sharded_rollouts
+    from simgan.training import train
+
+    model_dir = tmp_path / "model"
+    train(simgan.load_dataset(dataset), model_dir, TINY, progress=False)
+    kwargs = {"num_shards": 2, "envs_per_shard": 3, "horizon": 5, "seed": 7}
+    policy = lambda obs: np.clip(-obs[:, :1], -2.0, 2.0)  # noqa: E731 (pickled by value for the actors)
+    local = sharded_rollouts(model_dir, policy=policy, workers=False, **kwargs)
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = sharded_rollouts(model_dir, policy=policy, **kwargs)
+        plan = np.zeros((6, 5, 1), np.float32)
+        open_loop = sharded_rollouts(model_dir, actions=plan, **kwargs)
+    finally:
+        ray.shutdown()
+    assert remote["obs"].shape == (6, 6, 3) and remote["rewards"].shape == (6, 5)
+    for key, value in local.items():  # shard k (seed 7 + k) gives the same rows wherever it runs
+        np.testing.assert_array_equal(remote[key], value, err_msg=key)
+    assert not np.array_equal(remote["obs"][:3, 0], remote["obs"][3:, 0])  # shards are seeded differently
+    np.testing.assert_array_equal(open_loop["actions"], plan)
+    with pytest.raises(ValueError, match=r"actions: expected shape \(6, 5, ...\)"):
+        sharded_rollouts(model_dir, actions=plan[:, :4], workers=False, **kwargs)
+    with pytest.raises(ValueError, match="expected exactly one of them, got neither"):
+        sharded_rollouts(model_dir, workers=False, **kwargs)
