@@ -21,7 +21,6 @@ import random
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ import torch.nn.functional as F
 from simgan import losses
 from simgan.checkpoint import load_model_files, load_train_state, save_model, save_train_state
 from simgan.data import Dataset, TransitionBatch
+from simgan.data_parallel import SINGLE_PROCESS, DistContext, fit_normalizer, model_info
 from simgan.device import resolve_device
 from simgan.errors import SimganError
 from simgan.models import ConditionalGAN
 from simgan.train_config import DEFAULT_STEPS, TrainConfig
-from simgan.world_model import ModelInfo
 
 LAST_DIR = "last"
 
@@ -95,137 +94,6 @@ def _resume_config(out: Path, config: TrainConfig | None) -> TrainConfig:
             f"{out}: resume expected the saved architecture {saved.model_config()}, got {config.model_config()}"
         )
     return config
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """How this process takes part in data-parallel training; the default is the single process.
-
-    With ``world_size > 1``, ``torch.distributed`` must already be initialised (Ray Train's ``TorchTrainer`` does
-    it: gloo on CPU, NCCL on GPU). Gradients are averaged by one explicit all-reduce of the flattened gradients
-    after each backward pass, which is what ``DistributedDataParallel`` computes; the wrapper itself is not used
-    because the GAN step calls sub-nets through methods (``gen.mean``, ``gen.residual``), freezes the
-    discriminator for the generator step and differentiates twice for the gradient penalty.
-
-    Attributes:
-        rank: this process's rank; rank 0 evaluates and writes checkpoints and TensorBoard.
-        world_size: number of training processes.
-        device: where to train; ``None``: ``config.device``.
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device | None = None
-
-    def __post_init__(self) -> None:
-        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(
-                f"rank / world_size: expected 0 <= rank < world_size, got {self.rank} / {self.world_size}"
-            )
-
-    @property
-    def is_writer(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """Replace each parameter's gradient by its mean over ranks (one all-reduce for all of them)."""
-        if not self.distributed:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world_size
-        for p, chunk in zip(parameters, flat.split([g.numel() for g in grads])):
-            p.grad = chunk.view_as(p).clone()
-
-    def average(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean of ``value`` over ranks (``value`` itself in a single process)."""
-        if not self.distributed:
-            return value
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        return value / self.world_size
-
-    def reduce(self, value: torch.Tensor, op: str) -> torch.Tensor:
-        """``value`` reduced over ranks with ``op`` ("sum", "min" or "max")."""
-        if not self.distributed:
-            return value
-        value = value.clone()
-        ops = {"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN}
-        torch.distributed.all_reduce(value, op=ops.get(op, torch.distributed.ReduceOp.MAX))
-        return value
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value`` (picklable), in rank order."""
-        if not self.distributed:
-            return [value]
-        values: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(values, value)
-        return values
-
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's ``flag`` on every rank."""
-        if not self.distributed:
-            return flag
-        values = [flag]
-        torch.distributed.broadcast_object_list(values, src=0)
-        return bool(values[0])
-
-    def broadcast_parameters(self, module: torch.nn.Module) -> None:
-        """Copy rank 0's parameters and buffers to every rank."""
-        if not self.distributed:
-            return
-        for tensor in [*module.parameters(), *module.buffers()]:
-            torch.distributed.broadcast(tensor.data, src=0)
-
-
-SINGLE_PROCESS = DistContext()
-_CONSTANT_STD = 1e-6  # below this a column counts as constant and stays unscaled (as in Normalizer.fit)
-
-
-def _fit_normalizer(
-    model: ConditionalGAN, train_split: TransitionBatch, info: ModelInfo, dist: DistContext
-) -> None:
-    """Fit the normaliser on the training split of *all* ranks (exact moments from all-reduced sums)."""
-    model.normalizer.fit(train_split, info)
-    if not dist.distributed:
-        return
-    norm = model.normalizer
-    columns = {
-        "obs": train_split.obs,
-        "delta": train_split.next_obs.astype(np.float64) - train_split.obs.astype(np.float64),
-        "reward": train_split.reward.reshape(-1, 1),
-    }
-    if not info.is_discrete:
-        columns["action"] = train_split.action.reshape(len(train_split), -1)
-    count = float(dist.reduce(torch.tensor(float(len(train_split)), dtype=torch.float64), "sum"))
-    for name, values in columns.items():
-        values = torch.as_tensor(np.asarray(values, dtype=np.float64))  # n x D
-        total = dist.reduce(torch.stack([values.sum(0), values.pow(2).sum(0)]), "sum")  # 2 x D
-        mean = total[0] / count
-        std = (total[1] / count - mean.pow(2)).clamp_min(0).sqrt()
-        std = torch.where(std < _CONSTANT_STD, torch.ones_like(std), std)  # Normalizer.fit's rule
-        getattr(norm, f"{name}_mean").copy_(mean.float())
-        getattr(norm, f"{name}_std").copy_(std.float())
-
-
-def _model_info(dataset: Dataset, dist: DistContext) -> ModelInfo:
-    """:meth:`ModelInfo.from_dataset` over the training split of all ranks (initial states, state bounds)."""
-    info = ModelInfo.from_dataset(dataset)
-    if not dist.distributed:
-        return info
-    train_split = dataset.train
-    starts = train_split.step == 0
-    gathered = dist.gather((train_split.episode[starts], info.initial_states))
-    episodes = np.concatenate([e for e, _ in gathered])
-    initial = np.concatenate([s for _, s in gathered])[np.argsort(episodes, kind="stable")]
-    low = dist.reduce(torch.as_tensor(info.state_low), "min").numpy()
-    high = dist.reduce(torch.as_tensor(info.state_high), "max").numpy()
-    return replace(info, initial_states=initial, state_low=low, state_high=high)
 
 
 def _grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -308,9 +176,9 @@ def train(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    info = _model_info(dataset, dist)
+    info = model_info(dataset, dist)
     model = ConditionalGAN(info, config.model_config())
-    _fit_normalizer(model, dataset.train, info, dist)
+    fit_normalizer(model, dataset.train, info, dist)
     model.to(device).train()
     dist.broadcast_parameters(model)  # same seed, same init; this makes it certain
     gen, disc, norm = model.generator, model.discriminator, model.normalizer
@@ -712,6 +580,7 @@ def hparams_table(values: dict[str, Any]) -> str:
 __all__ = [
     "DEFAULT_STEPS",
     "LAST_DIR",
+    "DistContext",
     "Evaluator",
     "RunDirectoryError",
     "TrainConfig",
