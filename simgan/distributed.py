@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from simgan.data_parallel import DistContext
 from simgan.errors import SimganError
 from simgan.train_config import TrainConfig
-from simgan.training import LAST_DIR, DistContext, prepare_run_directory, train
+from simgan.training import LAST_DIR, prepare_run_directory, train
 
 # Test hook: "RANK:N" makes worker RANK exit abruptly at its N-th gradient all-reduce of a fresh (not resumed) run.
 FAULT_ENV = "SIMGAN_TEST_KILL_WORKER"
@@ -116,11 +117,13 @@ def train_distributed(
     started = connect_ray(address, num_cpus=max(num_workers, os.cpu_count() or 1))
     storage = tempfile.mkdtemp(prefix="simgan-ray-train-")
     try:
-        cpus = float(ray.cluster_resources().get("CPU", 0))
-        if cpus < num_workers:
-            raise DistributedTrainingError(
-                f"--num-workers {num_workers}: expected a cluster with at least {num_workers} CPUs, got {cpus:g}"
-            )
+        resources = ray.cluster_resources()
+        for kind in ("CPU", "GPU") if use_gpu else ("CPU",):
+            if float(resources.get(kind, 0)) < num_workers:
+                raise DistributedTrainingError(
+                    f"--num-workers {num_workers}: expected a cluster with at least {num_workers} {kind}s, got "
+                    f"{float(resources.get(kind, 0)):g}"
+                )
         trainer = TorchTrainer(
             _train_worker,
             train_loop_config={
