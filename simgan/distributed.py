@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -155,7 +156,6 @@ def train_distributed(
 
 
 def _failure_message(out: Path, num_workers: int, max_failures: int, exc: BaseException) -> str:
-    cause = str(exc).strip().splitlines()
     last = out / LAST_DIR / "train_state.pt"
     if last.is_file():
         left = f"the last complete checkpoint is in {out / LAST_DIR} (continue with --resume)"
@@ -163,8 +163,24 @@ def _failure_message(out: Path, num_workers: int, max_failures: int, exc: BaseEx
         left = "no checkpoint was written yet"
     return (
         f"training on {num_workers} Ray workers failed after {max_failures} restart(s): "
-        f"{cause[0] if cause else type(exc).__name__}; {left}"
+        f"{_failure_cause(str(exc))}; {left}"
     )
+
+
+def _failure_cause(text: str) -> str:
+    """One line per rank from Ray Train's error ("[Rank N Error Snippet]:" blocks with tracebacks)."""
+    blocks = re.split(r"\[Rank (\d+) Error Snippet\]:", text)
+    if len(blocks) < 3:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1][:200] if lines else "unknown error"
+    causes = []
+    for rank, body in zip(blocks[1::2], blocks[2::2]):
+        lines = [line.strip() for line in body.splitlines() if line.strip()]
+        died = [line for line in lines if "died" in line]
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line)]
+        line = (died or raised or lines or ["unknown error"])[-1 if raised and not died else 0]
+        causes.append(f"rank {rank}: {line[:160]}")
+    return "; ".join(causes)
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:

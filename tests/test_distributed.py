@@ -280,7 +280,8 @@ def test_killed_worker_fails_clearly_or_recovers(
     )  # fmt: skip
     if max_failures == 0:
         assert result.returncode == 2, result.stderr[-3000:]
-        assert "training on 2 Ray workers failed after 0 restart(s)" in result.stderr
+        assert "training on 2 Ray workers failed after 0 restart(s): " in result.stderr
+        assert "rank 1: The actor died" in result.stderr  # which worker, and what happened to it
         assert f"the last complete checkpoint is in {run / LAST_DIR}" in result.stderr
         for directory in (run, run / LAST_DIR):  # both complete and loadable, from step 10
             assert load_model_files(directory).metrics["step"] == 10
