@@ -233,6 +233,13 @@ def test_two_node_cluster_collect_and_train(cluster, tmp_path: Path) -> None:
         e["file"] for e in read_manifest(data)["shards"]
     )
     load_model(run)
+    resumed = simgan_cli(
+        "train", "--data", str(data), "--out", str(run), "--num-workers", "2", "--resume", "--steps", "30",
+        "--quiet", env={**env, "RAY_ADDRESS": address},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((run / "distributed.json").read_text())
+    assert (record["resumed_from_step"], record["steps"]) == (20, 30)
 
     # collection actors ran on both nodes too (Ray's state API keeps finished actors)
     nodes = subprocess.run(
