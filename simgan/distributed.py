@@ -29,6 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from simgan.data import (
+    Dataset,
+    TransitionBatch,
+    check_episode_consistency,
+    load_shard_slice,
+    read_manifest,
+    shard_slice,
+    split_episodes,
+)
 from simgan.data_parallel import DistContext
 from simgan.errors import SimganError
 from simgan.train_config import TrainConfig
@@ -101,8 +110,6 @@ def train_distributed(
         [{rank, node_id, hostname, rows, shards}, ...]}`` (``seconds``: this attempt's ``train`` call; transitions
         counted as ``steps x batch_size x world_size`` generator-step conditions); the model itself is in ``out``.
     """
-    from simgan.data import read_manifest, shard_slice
-
     for name, value, minimum in (("num_workers", num_workers, 1), ("max_failures", max_failures, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
@@ -194,7 +201,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     config = TrainConfig.from_json(loop_config["config"])
     out = Path(loop_config["out"])
     probe = DistContext(rank, world_size, device)
-    # A restart after a failure resumes from the last checkpoint rank 0 wrote (the driver emptied `out` first).
+    # A fresh run starts from an empty `out`: last/ exists only for --resume, or after a restart (FailureConfig),
+    # which then continues from the last checkpoint rank 0 wrote.
     resume = probe.broadcast_flag((out / LAST_DIR / "train_state.pt").is_file())
     fault = loop_config["fault"].split(":") if loop_config["fault"] and not resume else None
     dist = (
@@ -237,16 +245,11 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     ray.train.report({"rank": rank})
 
 
-def _dataset_slice(directory: Path, validation_fraction: float, dist: Any) -> tuple[Any, list[str]]:
-    """This rank's training rows plus every rank's validation rows, as a :class:`simgan.data.Dataset`."""
-    from simgan.data import (
-        Dataset,
-        TransitionBatch,
-        check_episode_consistency,
-        load_shard_slice,
-        split_episodes,
-    )
-
+def _dataset_slice(
+    directory: Path, validation_fraction: float, dist: DistContext
+) -> tuple[Dataset, list[str]]:
+    """This rank's training rows plus every rank's validation rows (the single-process episode split), and the
+    names of this rank's shards."""
     manifest, local = load_shard_slice(directory, dist.rank, dist.world_size)
     episodes = np.unique(np.concatenate(dist.gather(np.unique(local.episode))))
     validation_episodes = split_episodes(episodes, validation_fraction)
