@@ -34,6 +34,7 @@ from simgan.world_model import ModelInfo, encode_action, transition_tensors
 
 _MIN_STD = 1e-6
 _MIN_RESIDUAL_SCALE = 1e-3
+_INV_SQRT2 = 0.7071067811865476
 
 
 class ModelShapeError(SimganError, ValueError):
@@ -45,6 +46,8 @@ class ModelConfig:
     """Architecture of a :class:`ConditionalGAN` (stored in ``model.json``; rebuilt from it on load)."""
 
     noise_dim: int = 8
+    # K > 0: a uniform K-way discrete latent read off z[:, 0] (see Generator.residual)
+    noise_components: int = 0
     mean_hidden: tuple[int, ...] = (256, 256, 256)
     residual_hidden: tuple[int, ...] = (256, 256)
     disc_hidden: tuple[int, ...] = (256, 256)
@@ -57,6 +60,7 @@ class ModelConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelConfig:
         values = dict(data)
+        values.setdefault("noise_components", 0)  # models saved before the discrete latent existed
         for key in ("mean_hidden", "residual_hidden", "disc_hidden"):
             values[key] = tuple(int(h) for h in values[key])
         return cls(**values)
@@ -134,7 +138,10 @@ class Generator(nn.Module):
         cond_dim, target_dim = obs_dim + action_dim, obs_dim + 1
         self.obs_dim = obs_dim
         self.mean_net = mlp(cond_dim, config.mean_hidden, target_dim + 1)  # target mean + termination logit
-        self.residual_net = mlp(cond_dim + config.noise_dim, config.residual_hidden, target_dim)
+        self.noise_components = config.noise_components
+        self.residual_net = mlp(
+            cond_dim + config.noise_dim + config.noise_components, config.residual_hidden, target_dim
+        )
         self.register_buffer("residual_scale", torch.ones(target_dim))
 
     def mean(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +150,21 @@ class Generator(nn.Module):
         return out[:, :-1], out[:, -1]
 
     def residual(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """cond B x (O + A), noise B x Z -> the residual in units of ``residual_scale``, B x T."""
-        return self.residual_net(torch.cat([cond, noise], dim=-1))
+        """cond B x (O + A), noise B x Z -> the residual in units of ``residual_scale``, B x T.
+
+        With ``noise_components = K > 0`` the net also sees ``one_hot(floor(K * Phi(z_0)))``: a discrete latent,
+        uniform over K components, that is a function of the standard-normal noise (so the noise interface and
+        its reproducibility stay as they are). A continuous map of Gaussian noise can only reach disconnected
+        modes (a +kick and a -kick) by stretching across the gap between them, which leaves mass there; with a
+        discrete input the net can send whole components to each mode, and ignore them on unimodal dynamics.
+        """
+        inputs = [cond, noise]
+        if self.noise_components:
+            k = self.noise_components
+            uniform = 0.5 * (1.0 + torch.erf(noise[:, 0] * _INV_SQRT2))  # B, Phi(z_0) ~ U(0, 1)
+            component = (uniform * k).long().clamp_(0, k - 1)  # B
+            inputs.append(torch.nn.functional.one_hot(component, k).to(noise.dtype))  # B x K
+        return self.residual_net(torch.cat(inputs, dim=-1))
 
     def forward(
         self, obs_n: torch.Tensor, action_input: torch.Tensor, noise: torch.Tensor

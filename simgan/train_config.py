@@ -22,7 +22,7 @@ class TrainConfig:
     """Everything that defines a training run (the CLI's flags are built from these fields)."""
 
     loss: Literal["minimax", "nonsaturating", "wgan-gp", "hinge"] = field(
-        default="wgan-gp", metadata={"help": "adversarial loss of the residual generator"}
+        default="hinge", metadata={"help": "adversarial loss of the residual generator"}
     )
     steps: int | None = field(
         default=None, metadata={"help": f"generator steps (default {DEFAULT_STEPS} unless --epochs)"}
@@ -46,11 +46,17 @@ class TrainConfig:
     n_critic: int = field(default=3, metadata={"help": "discriminator updates per generator update"})
     gp_lambda: float = field(default=10.0, metadata={"help": "gradient-penalty weight (wgan-gp)"})
     mean_penalty: float = field(
-        default=0.1, metadata={"help": "weight of the zero-mean penalty on the residual"}
+        default=1.0, metadata={"help": "weight of the zero-mean penalty on the residual"}
     )
     scale_momentum: float = field(default=0.99, metadata={"help": "EMA momentum of the residual scale"})
     max_grad_norm: float = field(default=100.0, metadata={"help": "gradient clipping norm (0: off)"})
     noise_dim: int = field(default=8, metadata={"help": "noise dimension of the generator"})
+    noise_components: int = field(
+        default=16,
+        metadata={
+            "help": "K-way discrete latent of the residual generator, for multimodal dynamics (0: off)"
+        },
+    )
     mean_hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata={"help": "mean head hidden sizes"})
     residual_hidden: tuple[int, ...] = field(
         default=(128, 128), metadata={"help": "residual generator hidden sizes"}
@@ -85,6 +91,8 @@ class TrainConfig:
         for name in ("batch_size", "n_critic", "eval_every", "log_every", "noise_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.noise_components < 0 or self.noise_components == 1:
+            raise ValueError(f"noise_components: expected 0 (off) or >= 2, got {self.noise_components}")
         if self.samples_per_condition < 2:
             raise ValueError(f"samples_per_condition: expected >= 2, got {self.samples_per_condition}")
         if self.loss not in LOSSES:
@@ -100,6 +108,7 @@ class TrainConfig:
 
         return ModelConfig(
             noise_dim=self.noise_dim,
+            noise_components=self.noise_components,
             mean_hidden=tuple(self.mean_hidden),
             residual_hidden=tuple(self.residual_hidden),
             disc_hidden=tuple(self.disc_hidden),

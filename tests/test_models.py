@@ -138,3 +138,30 @@ def test_normalizer_leaves_constant_columns_unscaled() -> None:
     target = model.normalizer.target(*(torch.as_tensor(a) for a in (batch.obs, batch.next_obs, batch.reward)))
     assert torch.allclose(target[:, -1], torch.zeros(32))
     assert torch.allclose(target[:, :3].mean(0), torch.zeros(3), atol=1e-5)
+
+
+def test_discrete_latent_is_uniform_and_a_function_of_the_noise() -> None:
+    """noise_components = K: the residual net sees one_hot(floor(K * Phi(z_0))), K equally likely components."""
+    k = 4
+    torch.manual_seed(0)
+    model = ConditionalGAN(
+        make_info(SPACES["box"]), ModelConfig(**{**CONFIG.to_json(), "noise_components": k})
+    )
+    assert model.generator.residual_net[0].in_features == 3 + 2 + CONFIG.noise_dim + k
+    seen: list[torch.Tensor] = []
+    model.generator.residual_net.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
+    cond = torch.zeros(8000, 5)
+    noise = torch.randn(8000, CONFIG.noise_dim, generator=torch.Generator().manual_seed(1))
+    first = model.generator.residual(cond, noise)
+    one_hot = seen[-1][:, -k:]
+    assert torch.all(one_hot.sum(dim=1) == 1)
+    shares = one_hot.mean(dim=0)
+    assert torch.allclose(shares, torch.full((k,), 1 / k), atol=0.02), shares
+    # the component is the quantile bin of z_0: z_0 < Phi^-1(1/4) ~ -0.674 is component 0, z_0 > 0.674 is 3
+    assert torch.all(one_hot[noise[:, 0] < -0.68, 0] == 1) and torch.all(one_hot[noise[:, 0] > 0.68, 3] == 1)
+    assert torch.equal(first, model.generator.residual(cond, noise.clone()))
+
+
+def test_config_saved_before_the_discrete_latent_loads_without_it() -> None:
+    saved = {k: v for k, v in CONFIG.to_json().items() if k != "noise_components"}
+    assert ModelConfig.from_json(saved).noise_components == 0

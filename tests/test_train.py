@@ -133,6 +133,8 @@ def test_config_errors_say_what_was_expected() -> None:
         TrainConfig(steps=10, epochs=1.0)
     with pytest.raises(ValueError, match="expected one of"):
         TrainConfig(loss="lsgan")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"noise_components: expected 0 \(off\) or >= 2, got 1"):
+        TrainConfig(noise_components=1)
     assert TrainConfig(epochs=2.0, batch_size=100).total_steps(1000) == 20
 
 
