@@ -16,6 +16,7 @@ ranks, and rank 0 alone evaluates and writes checkpoints and TensorBoard. Withou
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import shutil
@@ -34,10 +35,12 @@ from simgan.data import Dataset, TransitionBatch
 from simgan.data_parallel import SINGLE_PROCESS, DistContext, fit_normalizer, model_info
 from simgan.device import resolve_device
 from simgan.errors import SimganError
+from simgan.fsutil import atomic_write_bytes
 from simgan.models import ConditionalGAN
 from simgan.train_config import DEFAULT_STEPS, TrainConfig
 
 LAST_DIR = "last"
+FIGURE_FILE = "generated_vs_real.png"
 
 
 class TrainingDivergedError(SimganError):
@@ -386,6 +389,8 @@ def train(
                         time_to_best=state["elapsed"],
                     )
                     save_checkpoint(out, _final_metrics(metrics, state))
+                    if evaluator.figure_png is not None:  # the best model's samples, for people to look at
+                        atomic_write_bytes(out / FIGURE_FILE, evaluator.figure_png)
                 else:
                     state["evals_since_best"] += 1
                 writer.add_scalar("eval/best_energy_score", state["best_score"], done_steps)
@@ -469,6 +474,7 @@ class Evaluator:
         self, model: ConditionalGAN, validation: TransitionBatch, config: TrainConfig, device: torch.device
     ):
         self.model, self.config = model, config
+        self.figure_png: bytes | None = None  # the latest generated-vs-real figure, PNG bytes
         pick = np.sort(np.random.default_rng(config.seed).permutation(len(validation))[: config.eval_size])
         rows = validation.select(pick)
         self.obs = torch.as_tensor(rows.obs, device=device)  # M x O
@@ -521,7 +527,11 @@ class Evaluator:
         for name, value in metrics.items():
             writer.add_scalar(f"eval/{name}", value, step)
         if self.config.figures:
-            writer.add_figure("eval/generated_vs_real", self._figure(cond, mean), step)
+            figure = self._figure(cond, mean)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=110)
+            self.figure_png = buffer.getvalue()
+            writer.add_figure("eval/generated_vs_real", figure, step)  # closes the figure
         model.train()
         return metrics
 
@@ -579,6 +589,7 @@ def hparams_table(values: dict[str, Any]) -> str:
 
 __all__ = [
     "DEFAULT_STEPS",
+    "FIGURE_FILE",
     "LAST_DIR",
     "DistContext",
     "Evaluator",

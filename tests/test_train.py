@@ -166,6 +166,8 @@ def test_tensorboard_has_the_documented_tags(dataset, tmp_path: Path) -> None:
     ):
         assert tag in scalars, tag
     assert "eval/generated_vs_real" in events.Tags()["images"]
+    # the best checkpoint's figure also lands beside the model, as a PNG people can open
+    assert (tmp_path / "run" / "generated_vs_real.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
