@@ -1,4 +1,4 @@
-"""Ray at the edge of training and simulation: data-parallel training on Ray Train, sharded learned-env rollouts.
+"""Ray at the edge of training and simulation: data-parallel training on Ray Train, sharded learned-env work.
 
     simgan.distributed.train_distributed("data/pendulum", "runs/pendulum", TrainConfig(), num_workers=4)
 
@@ -10,6 +10,12 @@ the normaliser's moments and the state bounds. Each rank samples ``batch_size`` 
 one step sees ``W * batch_size`` conditions. Rank 0 evaluates and writes ``out/`` (the same atomic checkpoint
 format as single-process training) and TensorBoard. ``--data`` and ``--out`` must therefore be paths every node
 sees (shared storage on a multi-node cluster).
+
+Learned-env work splits over Ray actors the same way everywhere: :func:`run_shards` runs one module-level task
+per shard (each builds its env / model / agent from paths inside its actor) and returns the results in shard
+order. :func:`sharded_rollouts` steps ``SimVectorEnv`` shards; :func:`sharded_forecast` splits the futures of
+:func:`simgan.forecast` (``simgan forecast --shards S``); ``simgan agent eval --shards S`` splits the episodes
+of ``agents.evaluate_policy`` (its task lives in :mod:`simgan.cli.agent`: the library never imports ``agents``).
 
 ``ray.remote`` / ``TorchTrainer`` wiring lives here and in :mod:`simgan.collection` only.
 """
@@ -23,6 +29,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,3 +390,157 @@ def sharded_rollouts(
             if started:
                 ray.shutdown()
     return {key: np.concatenate([r[key] for r in results]) for key in ROLLOUT_KEYS}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Work split over Ray actors: agent evaluation and forecasting shards
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ShardError(SimganError):
+    """A shard's Ray actor died before it returned its result."""
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` items in ``parts`` contiguous shares that differ by at most one, the larger ones first."""
+    return [total // parts + (k < total % parts) for k in range(parts)]
+
+
+class _ShardRunner:
+    """A Ray actor that runs one shard's task: a module-level function, so Ray ships it by reference."""
+
+    def run(self, task: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        return task(**kwargs)
+
+
+def run_shards(
+    task: Callable[..., Any],
+    shard_kwargs: list[dict[str, Any]],
+    *,
+    workers: bool = True,
+    address: str | None = None,
+    gpus_per_shard: float = 0.0,
+) -> list[Any]:
+    """Run ``task(**shard_kwargs[k])`` for every shard k, one Ray actor each; results in shard order.
+
+    The task builds what it needs (env, model, agent) inside its actor from paths and plain values in its
+    kwargs: no torch module crosses Ray. A task's exception is raised here as itself (same type and message as in
+    one process); an actor that dies raises :class:`ShardError`.
+
+    Args:
+        task: a module-level function (importable on every node).
+        shard_kwargs: one kwargs dict per shard.
+        workers: run the shards as Ray actors (else one after another in this process, no Ray).
+        address: Ray cluster (else ``RAY_ADDRESS``, else an embedded local cluster).
+        gpus_per_shard: GPUs each actor reserves (1.0: one shard per GPU; 0: Ray hides the GPUs from it).
+    """
+    if not workers:
+        return [task(**kwargs) for kwargs in shard_kwargs]
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    started = connect_ray(address)
+    try:
+        cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / len(shard_kwargs))
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus_per_shard)(_ShardRunner)
+        actors = [remote.remote() for _ in shard_kwargs]
+        try:
+            refs = [actor.run.remote(task, kwargs) for actor, kwargs in zip(actors, shard_kwargs)]
+            results = []
+            for k, ref in enumerate(refs):
+                try:
+                    results.append(ray.get(ref))
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, Exception) else exc
+                    raise cause from None
+                except RayActorError as exc:
+                    lines = [line for line in str(exc).splitlines() if line.strip()]
+                    raise ShardError(
+                        f"shard {k} of {len(refs)}: its Ray actor died ({lines[0] if lines else 'no cause given'})"
+                    ) from None
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+    finally:
+        if started:
+            ray.shutdown()
+    return results
+
+
+def sharded_forecast(
+    model_dir: str | Path,
+    states: np.ndarray,
+    *,
+    num_shards: int,
+    horizon: int,
+    num_samples: int,
+    policy: Callable[[Any], Callable[[np.ndarray], np.ndarray]] | None = None,
+    seed: int = 0,
+    compute_realism: bool = True,
+    max_memory: int | None = None,
+    device: str = "cpu",
+    workers: bool = True,
+    address: str | None = None,
+    gpus_per_shard: float = 0.0,
+) -> Any:
+    """:func:`simgan.forecast` with the ``num_samples`` futures of each start state split over Ray actors.
+
+    Shard k loads the model from ``model_dir`` and runs ``forecast`` on its share (``split_evenly``: the first
+    ``num_samples % num_shards`` shards take one more) with ``seed + k``; the shares are joined in shard order
+    along the sample axis (:meth:`Forecast.concatenate`). So shard 0's futures are those of an in-process
+    ``forecast`` with ``seed`` and shard 0's sample count, and ``num_shards=1`` equals the in-process forecast.
+
+    Args:
+        model_dir: a model directory every node sees.
+        states: obs_dim or B x obs_dim start states.
+        num_shards, horizon, num_samples: S, H and N (all shards together; N >= S).
+        policy: None (uniform random actions, seeded), or a picklable factory ``model -> policy`` that each shard
+            calls with its loaded model (e.g. ``functools.partial`` of a function loading a saved agent there).
+        seed, compute_realism, max_memory: as for :func:`simgan.forecast`, per shard (``max_memory``: bytes).
+        device: where each shard simulates.
+        workers, address, gpus_per_shard: as for :func:`run_shards`.
+
+    Returns:
+        A :class:`simgan.forecasting.Forecast` with N futures per start state.
+    """
+    from simgan.forecasting import DEFAULT_MAX_MEMORY, Forecast, ForecastError
+
+    for name, value in (("num_shards", num_shards), ("num_samples", num_samples)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ForecastError(f"{name}: expected a positive integer, got {value!r}")
+    if num_samples < num_shards:
+        raise ForecastError(
+            f"num_samples: expected at least one future per shard ({num_shards}), got {num_samples}"
+        )
+    common = {
+        "model_dir": str(Path(model_dir).resolve()),  # absolute: actors may start elsewhere
+        "states": np.asarray(states, np.float32),
+        "policy": policy,
+        "horizon": horizon,
+        "compute_realism": compute_realism,
+        "max_memory": DEFAULT_MAX_MEMORY if max_memory is None else max_memory,
+        "device": device,
+    }
+    shard_kwargs = [
+        {**common, "num_samples": count, "seed": seed + k}
+        for k, count in enumerate(split_evenly(num_samples, num_shards))
+    ]
+    parts = run_shards(
+        _forecast_shard, shard_kwargs, workers=workers, address=address, gpus_per_shard=gpus_per_shard
+    )
+    return Forecast.concatenate(parts)
+
+
+def _forecast_shard(
+    model_dir: str,
+    states: np.ndarray,
+    policy: Callable[[Any], Callable[[np.ndarray], np.ndarray]] | None,
+    **forecast_kwargs: Any,
+) -> Any:
+    """One forecasting shard: the model (and the policy, if any) built here, then the one ``forecast``."""
+    from simgan.checkpoint import load_model
+    from simgan.forecasting import forecast
+
+    device = forecast_kwargs.pop("device")
+    model = load_model(model_dir, device=device)
+    return forecast(model, states, policy=None if policy is None else policy(model), **forecast_kwargs)

@@ -126,6 +126,30 @@ class Forecast:
         atomic_write_json(directory / "forecast.json", self.summary())
 
     @classmethod
+    def concatenate(cls, parts: list[Forecast]) -> Forecast:
+        """Join forecasts of the same start states and horizon along the sample axis (N: the parts' N summed,
+        in order), e.g. the shards of :func:`simgan.distributed.sharded_forecast`."""
+        if not parts:
+            raise ForecastError("concatenate: expected at least one forecast, got none")
+        first = parts[0]
+        for part in parts[1:]:
+            if part.shape[::2] != first.shape[::2]:
+                raise ForecastError(
+                    f"concatenate: expected forecasts of the same (B, H), got {part.shape[::2]} and "
+                    f"{first.shape[::2]}"
+                )
+            if not np.array_equal(part.start_states, first.start_states):
+                raise ForecastError(
+                    "concatenate: expected forecasts of the same start states, got different ones"
+                )
+        arrays = {
+            name: np.concatenate([getattr(part, name) for part in parts], axis=1)
+            for name in cls.__dataclass_fields__
+            if name != "start_states"
+        }
+        return cls(start_states=first.start_states, **arrays)
+
+    @classmethod
     def load(cls, directory: str | Path) -> Forecast:
         with np.load(Path(directory) / "forecast.npz", allow_pickle=False) as npz:
             return cls(**{k: npz[k] for k in cls.__dataclass_fields__})
