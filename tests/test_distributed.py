@@ -335,3 +335,125 @@ def test_sharded_rollouts_match_in_process_shards(dataset: Path, tmp_path: Path)
         sharded_rollouts(model_dir, actions=plan[:, :4], workers=False, **kwargs)
     with pytest.raises(ValueError, match="expected exactly one of them, got neither"):
         sharded_rollouts(model_dir, workers=False, **kwargs)
+
+
+# ---- agent evaluation and forecasting split over Ray actors (--shards) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(dataset: Path, tmp_path_factory) -> dict[str, Path]:
+    """A 20-step GAN and an untrained (but seeded, so deterministic) PPO agent for its spaces."""
+    from agents import PPOAgent, PPOConfig
+    from simgan.training import train
+
+    root = tmp_path_factory.mktemp("sharded")
+    train(simgan.load_dataset(dataset), root / "model", TINY, progress=False)
+    info = load_model_files(root / "model").info
+    agent = PPOAgent(info.observation_space, info.action_space, PPOConfig(hidden_size=16, seed=3))
+    agent.save(root / "agent")
+    return {"model": root / "model", "agent": root / "agent", "root": root}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A 2-CPU Ray cluster in this process (the CLI's run_shards finds it initialised); yields its address."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """As in a 1-CPU actor (Ray sets OMP_NUM_THREADS=1): bit-equal results need the same matmul threading."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cli_json(*args: str, out: Path) -> dict:
+    from simgan.cli import main
+
+    assert main([*args, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_agent_eval_shards(tiny_run, local_ray, one_torch_thread, tmp_path: Path) -> None:
+    base = ["agent", "eval", "--agent", str(tiny_run["agent"]), "--sim", str(tiny_run["model"])]
+    base += ["--seed", "5", "--device", "cpu"]
+    # single env: episode i is reset with seed + i wherever it runs, so 2 shards give the in-process episodes
+    single = [*base, "--episodes", "3"]
+    in_process = _cli_json(*single, out=tmp_path / "a.json")
+    assert len(in_process["returns"]) == 3 and len(set(in_process["returns"])) == 3
+    assert _cli_json(*single, "--shards", "2", out=tmp_path / "b.json") == in_process
+    # vector env: S=1 is the in-process run exactly; S=2 scores every episode once, over other reset streams
+    vector = [*base, "--episodes", "5", "--num-envs", "2"]
+    in_process = _cli_json(*vector, out=tmp_path / "c.json")
+    assert _cli_json(*vector, "--shards", "1", out=tmp_path / "d.json") == in_process
+    two = _cli_json(*vector, "--shards", "2", out=tmp_path / "e.json")
+    assert len(two["returns"]) == len(two["lengths"]) == 5 and set(two) == set(in_process)
+    assert two["mean_return"] == pytest.approx(np.mean(two["returns"]))
+    assert two["std_return"] == pytest.approx(np.std(two["returns"]))
+    assert two["returns"] != in_process["returns"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_forecast_shards(dataset: Path, tiny_run, local_ray, one_torch_thread, tmp_path: Path) -> None:
+    from simgan.cli import main
+    from simgan.cli.forecast import load_policy
+    from simgan.forecasting import Forecast, forecast
+
+    model_dir, agent = tiny_run["model"], str(tiny_run["agent"])
+    flags = ["forecast", "--model", str(model_dir), "--states-from", str(dataset), "--num-states", "2"]
+    flags += ["--horizon", "6", "--samples", "7", "--seed", "11", "--device", "cpu"]
+    # a saved agent as the policy, loaded inside each actor; 7 futures -> shards of 4 and 3 (seeds 11, 12)
+    assert main([*flags, "--policy", agent, "--shards", "2", "--out", str(tmp_path / "agent")]) == 0
+    sharded = Forecast.load(tmp_path / "agent")
+    assert sharded.shape == (2, 7, 6)
+    model = load_model(model_dir, device="cpu")
+    spaces = model.info.observation_space, model.info.action_space
+    for k, (lo, hi) in enumerate([(0, 4), (4, 7)]):
+        policy = load_policy(agent, *spaces)  # loaded afresh, as in shard k
+        alone = forecast(
+            model, sharded.start_states, policy=policy, horizon=6, num_samples=hi - lo, seed=11 + k
+        )
+        for name in Forecast.__dataclass_fields__:
+            part = getattr(sharded, name) if name == "start_states" else getattr(sharded, name)[:, lo:hi]
+            np.testing.assert_array_equal(part, getattr(alone, name), err_msg=f"shard {k}: {name}")
+
+    # the command in a subprocess on the same cluster through --address: the files of an in-process run
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    done = simgan_cli(*flags, "--shards", "2", "--address", local_ray, "--out", str(tmp_path / "s"), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main([*flags, "--out", str(tmp_path / "p")]) == 0
+    names = [sorted(p.name for p in (tmp_path / run).iterdir()) for run in ("s", "p")]
+    assert names[0] == names[1] and "fan_state1.png" in names[0]
+    assert json.loads((tmp_path / "s" / "forecast.json").read_text())["num_samples"] == 7
+    shard0 = Forecast.load(tmp_path / "s")
+    alone = forecast(model, shard0.start_states, horizon=6, num_samples=4, seed=11)
+    np.testing.assert_array_equal(shard0.observations[:, :4], alone.observations)
+
+
+def test_shard_flags_are_checked(tiny_run, capsys) -> None:
+    from simgan.cli import main
+
+    model, agent = str(tiny_run["model"]), str(tiny_run["agent"])
+    forecast = ["forecast", "--model", model, "--state", "[1, 0, 0]", "--horizon", "2", "--samples", "3"]
+    evaluate = ["agent", "eval", "--agent", agent, "--sim", model, "--episodes", "3"]
+    cases = [
+        ([*forecast, "--shards", "-1"], "--shards: expected an integer >= 0, got -1"),
+        ([*forecast, "--address", "127.0.0.1:1"], "--address: expected --shards >= 1"),
+        ([*forecast, "--shards", "4"], "--samples: expected at least one future per shard (4), got 3"),
+        ([*evaluate, "--shards", "-1"], "--shards: expected an integer >= 0, got -1"),
+        ([*evaluate, "--address", "127.0.0.1:1"], "--address: expected --shards >= 1"),
+        ([*evaluate, "--shards", "4"], "--episodes: expected at least one episode per shard (4), got 3"),
+    ]
+    for argv, message in cases:  # all refused before any Ray cluster starts
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv

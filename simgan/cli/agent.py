@@ -3,9 +3,19 @@
     simgan agent train --algo sac --env Pendulum-v1 --steps 5000 --out runs/sac-pendulum
     simgan agent train --algo sac --sim runs/pendulum-gan --num-envs 256 --steps 200000 --out runs/sac-sim
     simgan agent eval --agent runs/sac-sim --env Pendulum-v1 --episodes 10
+    simgan agent eval --agent runs/sac-sim --sim runs/pendulum-gan --num-envs 64 --episodes 1000 --shards 4
 
 This module is where simgan and ``agents`` meet: real envs come from ``envs.make_env``, learned ones from the
 registered ``simgan/Sim-v0`` id; ``agents`` itself knows only gymnasium.
+
+``eval --shards S`` splits the episodes over S Ray actors (:func:`simgan.distributed.run_shards`): shard k takes
+a contiguous block of ``split_evenly(episodes, S)[k]`` episodes, builds its own env (``--num-envs`` sub-envs) and
+loads the agent from ``--agent``, and runs the same ``agents.evaluate_policy`` with seed ``--seed + first episode
+index of its block``; returns and lengths are joined in shard order. With a single env (``--num-envs 1``) episode i
+is reset with ``seed + i`` wherever it runs, so the episodes are exactly the in-process ones for any S; with a
+vector env each shard's reset seed starts its own stream, so only S=1 repeats the in-process run exactly (for
+S > 1: the same statistics over different, equally likely episodes). Seeding by shard index (seed + k) instead
+would make shard k's single-env episodes repeat shard 0's.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simgan.cli.shards import add_shard_arguments, check_shard_arguments, shard_device
 from simgan.errors import SimganError
 
 SIM_ENV_ID = "simgan/Sim-v0"
@@ -80,6 +91,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "--stochastic", action="store_true", help="sample actions instead of the policy's mode"
     )
     evaluate.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
+    add_shard_arguments(evaluate, "episodes")
 
 
 def make_training_env(args: argparse.Namespace, device: Any) -> Any:
@@ -161,24 +173,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from agents import evaluate_policy, load_agent
-    from simgan.device import resolve_device
-
-    device = resolve_device(args.device)
-    env = make_training_env(args, device)
-    spaces = (
-        (env.single_observation_space, env.single_action_space)
-        if hasattr(env, "num_envs")
-        else (
-            env.observation_space,
-            env.action_space,
+    check_shard_arguments(args)
+    if args.shards:
+        result = _evaluate_sharded(args)
+    else:
+        result = evaluate_saved_agent(
+            args.agent,
+            args,
+            device=args.device,
+            episodes=args.episodes,
+            seed=args.seed,
+            deterministic=not args.stochastic,
         )
-    )
-    agent = load_agent(args.agent, observation_space=spaces[0], action_space=spaces[1], device=device)
-    result = evaluate_policy(
-        agent, env, episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic
-    )
-    env.close()
     source = args.env or f"sim:{args.sim}"
     print(f"{args.agent} on {source}: {result}")
     if args.json_out:
@@ -197,3 +203,81 @@ def _evaluate(args: argparse.Namespace) -> int:
             },
         )
     return 0
+
+
+def evaluate_saved_agent(
+    agent_dir: str, source: argparse.Namespace, *, device: str, episodes: int, seed: int, deterministic: bool
+) -> Any:
+    """Load the agent in ``agent_dir`` and evaluate it in the env that ``source`` (``env``/``sim``/``num_envs``)
+    names; returns ``agents.EvalResult``. The one evaluation of ``agent eval``, in this process or in a shard."""
+    from agents import evaluate_policy, load_agent
+    from simgan.device import resolve_device
+
+    resolved = resolve_device(device)
+    env = make_training_env(source, resolved)
+    try:
+        if hasattr(env, "num_envs"):
+            spaces = env.single_observation_space, env.single_action_space
+        else:
+            spaces = env.observation_space, env.action_space
+        agent = load_agent(agent_dir, observation_space=spaces[0], action_space=spaces[1], device=resolved)
+        return evaluate_policy(agent, env, episodes=episodes, seed=seed, deterministic=deterministic)
+    finally:
+        env.close()
+
+
+def _evaluate_shard(
+    agent_dir: str,
+    env: str | None,
+    sim: str | None,
+    num_envs: int,
+    device: str,
+    episodes: int,
+    seed: int,
+    deterministic: bool,
+) -> Any:
+    """One ``agent eval --shards`` shard, run inside its Ray actor: env and agent are built here from paths."""
+    source = argparse.Namespace(env=env, sim=sim, num_envs=num_envs)
+    return evaluate_saved_agent(
+        agent_dir, source, device=device, episodes=episodes, seed=seed, deterministic=deterministic
+    )
+
+
+def _evaluate_sharded(args: argparse.Namespace) -> Any:
+    """``agent eval --shards S``: contiguous blocks of episodes over S Ray actors (see the module docstring)."""
+    import numpy as np
+
+    from agents import EvalResult
+    from simgan.distributed import run_shards, split_evenly
+
+    # the actors would find these too, but only after the cluster has started
+    if args.episodes < args.shards:
+        raise AgentCLIError(
+            f"--episodes: expected at least one episode per shard ({args.shards}), got {args.episodes}"
+        )
+    if args.num_envs < 1:
+        raise AgentCLIError(f"--num-envs: expected >= 1, got {args.num_envs}")
+    if args.sim is not None and not Path(args.sim).is_dir():
+        raise AgentCLIError(f"--sim: expected a model directory, got {args.sim!r} (no such directory)")
+    if not Path(args.agent).is_dir():
+        raise AgentCLIError(f"--agent: expected an agent directory, got {args.agent!r} (no such directory)")
+    device, gpus = shard_device(args.device)
+    counts = split_evenly(args.episodes, args.shards)
+    firsts = np.cumsum([0, *counts[:-1]]).tolist()  # index of each shard's first episode
+    shard_kwargs = [
+        {
+            "agent_dir": str(Path(args.agent).resolve()),  # absolute: actors may start elsewhere
+            "env": args.env,
+            "sim": None if args.sim is None else str(Path(args.sim).resolve()),
+            "num_envs": args.num_envs,
+            "device": device,
+            "episodes": count,
+            "seed": args.seed + first,
+            "deterministic": not args.stochastic,
+        }
+        for count, first in zip(counts, firsts)
+    ]
+    parts = run_shards(_evaluate_shard, shard_kwargs, address=args.address, gpus_per_shard=gpus)
+    returns = [value for part in parts for value in part.returns]
+    lengths = [value for part in parts for value in part.lengths]
+    return EvalResult(float(np.mean(returns)), float(np.std(returns)), returns, lengths)

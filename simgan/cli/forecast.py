@@ -1,11 +1,21 @@
-"""``simgan forecast``: sample many futures from given states and draw fan charts."""
+"""``simgan forecast``: sample many futures from given states and draw fan charts.
+
+    simgan forecast --model runs/pendulum-gan --state "[1, 0, 0]" --samples 1000 --out runs/forecast
+    simgan forecast --model runs/pendulum-gan --state "[1, 0, 0]" --samples 100000 --shards 4 --out runs/forecast
+
+With ``--shards S`` the futures of each start state are split over S Ray actors
+(:func:`simgan.distributed.sharded_forecast`: shard k runs the same ``forecast`` on its share with seed + k) and
+joined into one forecast, written exactly as without.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
+from simgan.cli.shards import add_shard_arguments, check_shard_arguments, shard_device
 from simgan.errors import SimganError
 
 
@@ -35,6 +45,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, help="directory for forecast.npz, forecast.json and fan-chart PNGs"
     )
+    add_shard_arguments(parser, "futures of each start state")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from simgan.checkpoint import load_model
     from simgan.forecasting import fan_chart, forecast, summary_table
 
-    model = load_model(args.model, device=args.device)
+    check_shard_arguments(args)
+    # with --shards the model here only reads the start states; the actors load their own
+    model = load_model(args.model, device="cpu" if args.shards else args.device)
     if args.state is not None:
         try:
             states = np.asarray(json.loads(args.state), dtype=np.float32)
@@ -59,20 +72,23 @@ def run(args: argparse.Namespace) -> int:
         if len(starts) == 0:
             starts = dataset.initial_states()
         states = starts[: max(1, args.num_states)]
-    policy = None
-    if args.policy != "random":
-        policy = load_policy(args.policy, model.info.observation_space, model.info.action_space)
-    result = forecast(
-        model,
-        states,
-        policy=policy,
-        horizon=args.horizon,
-        num_samples=args.samples,
-        seed=args.seed,
-        compute_realism=not args.no_realism,
-        max_memory=int(args.max_memory * 2**20),
-        progress=True,
-    )
+    if args.shards:
+        result = _sharded_forecast(args, states)
+    else:
+        policy = None
+        if args.policy != "random":
+            policy = load_policy(args.policy, model.info.observation_space, model.info.action_space)
+        result = forecast(
+            model,
+            states,
+            policy=policy,
+            horizon=args.horizon,
+            num_samples=args.samples,
+            seed=args.seed,
+            compute_realism=not args.no_realism,
+            max_memory=int(args.max_memory * 2**20),
+            progress=True,
+        )
     print(summary_table(result))
     if args.out:
         out = Path(args.out)
@@ -83,12 +99,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_policy(path: str, observation_space, action_space):
-    """A saved agent (agents.load_agent) as a batched callable obs -> action, spaces checked."""
+def _sharded_forecast(args: argparse.Namespace, states):
+    from simgan.distributed import sharded_forecast
+
+    if args.samples < args.shards:
+        raise SimganError(
+            f"--samples: expected at least one future per shard ({args.shards}), got {args.samples}"
+        )
+    policy = None
+    if args.policy != "random":
+        _check_policy_dir(args.policy)
+        policy = functools.partial(_load_shard_policy, str(Path(args.policy).resolve()))
+    device, gpus = shard_device(args.device)
+    return sharded_forecast(
+        args.model,
+        states,
+        num_shards=args.shards,
+        horizon=args.horizon,
+        num_samples=args.samples,
+        policy=policy,
+        seed=args.seed,
+        compute_realism=not args.no_realism,
+        max_memory=int(args.max_memory * 2**20),
+        device=device,
+        address=args.address,
+        gpus_per_shard=gpus,
+    )
+
+
+def _load_shard_policy(path: str, model):
+    """Called inside each forecasting shard: the saved agent is loaded there, never pickled."""
+    return load_policy(path, model.info.observation_space, model.info.action_space)
+
+
+def _check_policy_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise SimganError(
             f"--policy: expected 'random' or a saved agent directory, got {path!r} (not a directory)"
         )
+
+
+def load_policy(path: str, observation_space, action_space):
+    """A saved agent (agents.load_agent) as a batched callable obs -> action, spaces checked."""
+    _check_policy_dir(path)
     from agents import load_agent
 
     agent = load_agent(path, observation_space=observation_space, action_space=action_space, device="cpu")
