@@ -474,7 +474,7 @@ def sharded_forecast(
     num_shards: int,
     horizon: int,
     num_samples: int,
-    policy: Callable[[Any], Callable[[np.ndarray], np.ndarray]] | None = None,
+    policy: Callable[[Any, int], Callable[[np.ndarray], np.ndarray]] | None = None,
     seed: int = 0,
     compute_realism: bool = True,
     max_memory: int | None = None,
@@ -494,8 +494,9 @@ def sharded_forecast(
         model_dir: a model directory every node sees.
         states: obs_dim or B x obs_dim start states.
         num_shards, horizon, num_samples: S, H and N (all shards together; N >= S).
-        policy: None (uniform random actions, seeded), or a picklable factory ``model -> policy`` that each shard
-            calls with its loaded model (e.g. ``functools.partial`` of a function loading a saved agent there).
+        policy: None (uniform random actions, seeded), or a picklable factory ``(model, k) -> policy`` that shard
+            k calls with its loaded model (e.g. ``functools.partial`` of a function that loads a saved agent there
+            and gives its action sampling a stream of its own for k > 0).
         seed, compute_realism, max_memory: as for :func:`simgan.forecast`, per shard (``max_memory``: bytes).
         device: where each shard simulates.
         workers, address, gpus_per_shard: as for :func:`run_shards`.
@@ -522,7 +523,7 @@ def sharded_forecast(
         "device": device,
     }
     shard_kwargs = [
-        {**common, "num_samples": count, "seed": seed + k}
+        {**common, "num_samples": count, "seed": seed + k, "shard": k}
         for k, count in enumerate(split_evenly(num_samples, num_shards))
     ]
     parts = run_shards(
@@ -534,7 +535,8 @@ def sharded_forecast(
 def _forecast_shard(
     model_dir: str,
     states: np.ndarray,
-    policy: Callable[[Any], Callable[[np.ndarray], np.ndarray]] | None,
+    policy: Callable[[Any, int], Callable[[np.ndarray], np.ndarray]] | None,
+    shard: int,
     **forecast_kwargs: Any,
 ) -> Any:
     """One forecasting shard: the model (and the policy, if any) built here, then the one ``forecast``."""
@@ -543,4 +545,4 @@ def _forecast_shard(
 
     device = forecast_kwargs.pop("device")
     model = load_model(model_dir, device=device)
-    return forecast(model, states, policy=None if policy is None else policy(model), **forecast_kwargs)
+    return forecast(model, states, policy=None if policy is None else policy(model, shard), **forecast_kwargs)

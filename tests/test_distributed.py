@@ -416,10 +416,12 @@ def test_forecast_shards(dataset: Path, tiny_run, local_ray, one_torch_thread, t
     assert main([*flags, "--policy", agent, "--shards", "2", "--out", str(tmp_path / "agent")]) == 0
     sharded = Forecast.load(tmp_path / "agent")
     assert sharded.shape == (2, 7, 6)
+    # each shard's agent samples its own action noise: first actions of futures 0 and 4 (shards 0, 1) differ
+    assert not np.array_equal(sharded.actions[:, 0, 0], sharded.actions[:, 4, 0])
     model = load_model(model_dir, device="cpu")
     spaces = model.info.observation_space, model.info.action_space
     for k, (lo, hi) in enumerate([(0, 4), (4, 7)]):
-        policy = load_policy(agent, *spaces)  # loaded afresh, as in shard k
+        policy = load_policy(agent, *spaces, shard=k)  # loaded afresh, as in shard k
         alone = forecast(
             model, sharded.start_states, policy=policy, horizon=6, num_samples=hi - lo, seed=11 + k
         )

@@ -15,7 +15,8 @@ index of its block``; returns and lengths are joined in shard order. With a sing
 is reset with ``seed + i`` wherever it runs, so the episodes are exactly the in-process ones for any S; with a
 vector env each shard's reset seed starts its own stream, so only S=1 repeats the in-process run exactly (for
 S > 1: the same statistics over different, equally likely episodes). Seeding by shard index (seed + k) instead
-would make shard k's single-env episodes repeat shard 0's.
+would make shard k's single-env episodes repeat shard 0's. With ``--stochastic`` shard k > 0 also reseeds the
+agent's action sampling (its seed + k), so only S=1 repeats an in-process stochastic run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simgan.cli.shards import add_shard_arguments, check_shard_arguments, shard_device
+from simgan.cli.shards import add_shard_arguments, check_shard_arguments, reseed_for_shard, shard_device
 from simgan.errors import SimganError
 
 SIM_ENV_ID = "simgan/Sim-v0"
@@ -206,10 +207,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def evaluate_saved_agent(
-    agent_dir: str, source: argparse.Namespace, *, device: str, episodes: int, seed: int, deterministic: bool
+    agent_dir: str,
+    source: argparse.Namespace,
+    *,
+    device: str,
+    episodes: int,
+    seed: int,
+    deterministic: bool,
+    shard: int = 0,
 ) -> Any:
     """Load the agent in ``agent_dir`` and evaluate it in the env that ``source`` (``env``/``sim``/``num_envs``)
-    names; returns ``agents.EvalResult``. The one evaluation of ``agent eval``, in this process or in a shard."""
+    names; returns ``agents.EvalResult``. The one evaluation of ``agent eval``, in this process or in shard
+    ``shard`` (> 0: the agent's action sampling reseeded, :func:`simgan.cli.shards.reseed_for_shard`)."""
     from agents import evaluate_policy, load_agent
     from simgan.device import resolve_device
 
@@ -221,6 +230,7 @@ def evaluate_saved_agent(
         else:
             spaces = env.observation_space, env.action_space
         agent = load_agent(agent_dir, observation_space=spaces[0], action_space=spaces[1], device=resolved)
+        reseed_for_shard(agent, shard)
         return evaluate_policy(agent, env, episodes=episodes, seed=seed, deterministic=deterministic)
     finally:
         env.close()
@@ -235,11 +245,18 @@ def _evaluate_shard(
     episodes: int,
     seed: int,
     deterministic: bool,
+    shard: int,
 ) -> Any:
     """One ``agent eval --shards`` shard, run inside its Ray actor: env and agent are built here from paths."""
     source = argparse.Namespace(env=env, sim=sim, num_envs=num_envs)
     return evaluate_saved_agent(
-        agent_dir, source, device=device, episodes=episodes, seed=seed, deterministic=deterministic
+        agent_dir,
+        source,
+        device=device,
+        episodes=episodes,
+        seed=seed,
+        deterministic=deterministic,
+        shard=shard,
     )
 
 
@@ -274,8 +291,9 @@ def _evaluate_sharded(args: argparse.Namespace) -> Any:
             "episodes": count,
             "seed": args.seed + first,
             "deterministic": not args.stochastic,
+            "shard": k,
         }
-        for count, first in zip(counts, firsts)
+        for k, (count, first) in enumerate(zip(counts, firsts))
     ]
     parts = run_shards(_evaluate_shard, shard_kwargs, address=args.address, gpus_per_shard=gpus)
     returns = [value for part in parts for value in part.returns]

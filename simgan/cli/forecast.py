@@ -15,7 +15,7 @@ import functools
 import json
 from pathlib import Path
 
-from simgan.cli.shards import add_shard_arguments, check_shard_arguments, shard_device
+from simgan.cli.shards import add_shard_arguments, check_shard_arguments, reseed_for_shard, shard_device
 from simgan.errors import SimganError
 
 
@@ -127,9 +127,9 @@ def _sharded_forecast(args: argparse.Namespace, states):
     )
 
 
-def _load_shard_policy(path: str, model):
-    """Called inside each forecasting shard: the saved agent is loaded there, never pickled."""
-    return load_policy(path, model.info.observation_space, model.info.action_space)
+def _load_shard_policy(path: str, model, shard: int):
+    """Called inside forecasting shard ``shard``: the saved agent is loaded there, never pickled."""
+    return load_policy(path, model.info.observation_space, model.info.action_space, shard=shard)
 
 
 def _check_policy_dir(path: str) -> None:
@@ -139,10 +139,12 @@ def _check_policy_dir(path: str) -> None:
         )
 
 
-def load_policy(path: str, observation_space, action_space):
-    """A saved agent (agents.load_agent) as a batched callable obs -> action, spaces checked."""
+def load_policy(path: str, observation_space, action_space, shard: int = 0):
+    """A saved agent (agents.load_agent) as a batched callable obs -> action, spaces checked; in forecasting
+    shard ``shard`` > 0 its action sampling is reseeded with its seed + shard (:func:`reseed_for_shard`)."""
     _check_policy_dir(path)
     from agents import load_agent
 
     agent = load_agent(path, observation_space=observation_space, action_space=action_space, device="cpu")
+    reseed_for_shard(agent, shard)
     return lambda obs: agent.act(obs, deterministic=False)

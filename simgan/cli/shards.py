@@ -4,6 +4,7 @@ S Ray actors (:func:`simgan.distributed.run_shards`); 0 keeps it in this process
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from simgan.cli import CLIError
 
@@ -34,3 +35,21 @@ def shard_device(device: str) -> tuple[str, float]:
     """(device inside each shard, GPUs it reserves): ``cuda``/``cuda:N`` -> one GPU per shard, else CPU (Ray
     hides GPUs from an actor that reserves none, so ``auto`` means CPU there)."""
     return ("cuda", 1.0) if device.startswith("cuda") else ("cpu", 0.0)
+
+
+def reseed_for_shard(agent: Any, shard: int) -> None:
+    """Give a freshly loaded agent's action sampling its own stream in shard k > 0 (its seed + k).
+
+    Every shard loads the agent from disk, so without this each would draw the same action noise (in a forecast,
+    future j of every shard would take the same first action). Shard 0 keeps the agent as saved, as in-process.
+    """
+    if shard == 0:
+        return
+    import numpy as np
+    import torch
+
+    generator = getattr(agent, "generator", None)  # SAC, PPO: a torch.Generator seeded with config.seed
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(generator.initial_seed() + shard)
+    if isinstance(getattr(agent, "rng", None), np.random.Generator):  # RandomPolicy: np Generator from .seed
+        agent.rng = np.random.default_rng(int(agent.seed) + shard)
