@@ -404,7 +404,9 @@ def test_agent_eval_shards(tiny_run, local_ray, one_torch_thread, tmp_path: Path
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_forecast_shards(dataset: Path, tiny_run, local_ray, one_torch_thread, tmp_path: Path) -> None:
+def test_forecast_shards(
+    dataset: Path, tiny_run, local_ray, one_torch_thread, tmp_path: Path, capsys
+) -> None:
     from simgan.cli import main
     from simgan.cli.forecast import load_policy
     from simgan.forecasting import Forecast, forecast
@@ -440,6 +442,21 @@ def test_forecast_shards(dataset: Path, tiny_run, local_ray, one_torch_thread, t
     shard0 = Forecast.load(tmp_path / "s")
     alone = forecast(model, shard0.start_states, horizon=6, num_samples=4, seed=11)
     np.testing.assert_array_equal(shard0.observations[:, :4], alone.observations)
+
+    # an error inside the actors reaches the command line as itself: one line, exit status 2
+    bad_state = [
+        "forecast",
+        "--model",
+        str(model_dir),
+        "--state",
+        "[1, 0]",
+        "--samples",
+        "2",
+        "--shards",
+        "2",
+    ]
+    assert main(bad_state) == 2
+    assert "error: states: expected shape (3,) or (B, 3), got (2,)" in capsys.readouterr().err
 
 
 def test_shard_flags_are_checked(tiny_run, capsys) -> None:
