@@ -434,6 +434,8 @@ def run_shards(
         address: Ray cluster (else ``RAY_ADDRESS``, else an embedded local cluster).
         gpus_per_shard: GPUs each actor reserves (1.0: one shard per GPU; 0: Ray hides the GPUs from it).
     """
+    if not shard_kwargs:
+        raise ValueError("shard_kwargs: expected at least one shard, got none")
     if not workers:
         return [task(**kwargs) for kwargs in shard_kwargs]
     import ray
@@ -441,7 +443,15 @@ def run_shards(
 
     started = connect_ray(address)
     try:
-        cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / len(shard_kwargs))
+        resources = ray.cluster_resources()
+        # every actor must fit at once: each holds its resources until all results are in
+        gpus = float(resources.get("GPU", 0))
+        if gpus < gpus_per_shard * len(shard_kwargs):
+            raise ShardError(
+                f"{len(shard_kwargs)} shards x {gpus_per_shard:g} GPU: expected a cluster with at least "
+                f"{gpus_per_shard * len(shard_kwargs):g} GPUs, got {gpus:g}"
+            )
+        cpus = min(1.0, float(resources.get("CPU", 1.0)) / len(shard_kwargs))
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus_per_shard)(_ShardRunner)
         actors = [remote.remote() for _ in shard_kwargs]
         try:
