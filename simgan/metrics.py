@@ -245,7 +245,10 @@ def one_step_metrics(
 
     real = _transition_features(model.info, obs, action, real_next, real_reward)
     fake = _transition_features(model.info, obs, action, next_obs, reward)
-    centre, scale = real.mean(dim=0), real.std(dim=0).clamp_min(1e-6)
+    centre, std = real.mean(dim=0), real.std(dim=0)
+    # A constant column (CartPole's reward of 1) stays in raw units: dividing by its ~0 std would turn float
+    # noise of 1e-4 in a generated reward into hundreds of standard deviations.
+    scale = torch.where(std < 1e-6, torch.ones_like(std), std)
     out = distribution_distances((fake - centre) / scale, (real - centre) / scale, seed=seed)
     w1 = wasserstein_1d(next_obs - obs, real_next - obs)
     out.update({f"w1/dim{i}": float(v) for i, v in enumerate(w1)})

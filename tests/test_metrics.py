@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -163,6 +165,23 @@ def test_one_step_metrics_of_the_true_model_are_zero_and_of_a_biased_model_known
     assert biased["w1/dim0"] == pytest.approx(0.3, rel=1e-4)
     assert one_step_metrics(ShiftModel(1.0), batch)["mmd2"] > exact["mmd2"] + 0.05
     assert biased["copy_error"] == exact["copy_error"] > 0
+
+
+def test_a_constant_reward_column_is_not_blown_up_by_its_zero_std() -> None:
+    """CartPole's reward is always 1: a model off by 1e-4 there must not look hundreds of stds away."""
+
+    class ConstantRewardModel(ShiftModel):
+        def sample(self, obs, action, *, noise=None, generator=None):
+            next_obs, _, done = super().sample(obs, action)
+            return next_obs, torch.full((len(obs),), 1.0 + self.bias), done
+
+    batch = _linear_episodes()
+    batch = dataclasses.replace(batch, reward=np.ones(len(batch), np.float32))
+    exact = one_step_metrics(ConstantRewardModel(0.0), batch)
+    nearly = one_step_metrics(ConstantRewardModel(1e-4), batch)
+    assert exact["sliced_w1"] == pytest.approx(0.0, abs=1e-10)
+    assert nearly["sliced_w1"] < 1e-3, nearly  # was ~20 when the column was divided by a 1e-6 floor
+    assert nearly["reward_error"] == pytest.approx(1e-8, rel=1e-3)
 
 
 def test_rollout_error_accumulates_the_bias_per_step() -> None:
