@@ -2,8 +2,7 @@
 
     G(s, a, z) = mu(s, a) + scale * f(s, a, z)          (in normalised (delta s, reward) units)
 
-* ``mu`` (the mean head) is trained by regression on the normalised target ``(s' - s, r)`` (squared error in
-  units of the residual's running RMS, a Gaussian NLL with that fixed std), so it is
+* ``mu`` (the mean head) is trained by plain MSE regression on the normalised target ``(s' - s, r)``, so it is
   the conditional mean, as precise as regression. It also carries the termination head (a Bernoulli logit
   trained with BCE; ``terminated = p > 0.5``).
 * ``f`` (the residual generator) is trained adversarially: the discriminator, conditioned on (s, a), judges the

@@ -3,8 +3,8 @@
     model = simgan.train(dataset, out="runs/pendulum", config=TrainConfig(steps=4000))
 
 Each step: ``n_critic`` discriminator updates (real residual ``(target - mu) / scale`` against generated
-``f(s, a, z)``), then one generator update (mean head: squared error in units of the residual's RMS +
-termination BCE; residual: adversarial loss plus the zero-mean penalty over K noise draws per condition). Every ``eval_every`` steps the model is scored on held-out
+``f(s, a, z)``), then one generator update (mean head: MSE + termination BCE; residual: adversarial loss plus the
+zero-mean penalty over K noise draws per condition). Every ``eval_every`` steps the model is scored on held-out
 validation transitions; the checkpoint with the best *energy score of generated transitions* (a proper scoring
 rule, never a GAN loss) is written to ``out/``, and the full training state to ``out/last/`` for ``--resume``.
 
@@ -318,10 +318,7 @@ def train(
         idx = torch.randint(num_train, (batch,), generator=rng, device=device)
         cond, target, done = train_cond[idx], train_target[idx], train_done[idx]
         mean, logit = gen.mean(cond)  # B x T, B
-        mse = F.mse_loss(mean, target)  # logged
-        # Gaussian NLL with the residual's running RMS as a fixed std per target dimension: as the mean head gets
-        # more precise its gradients do not fade (what the ensemble's learned variance does for its means).
-        mean_loss = ((mean - target) / gen.residual_scale).pow(2).mean()
+        mse = F.mse_loss(mean, target)
         bce = F.binary_cross_entropy_with_logits(logit, done)
         cond_k = cond.repeat_interleave(k, dim=0)  # BK x (O + A)
         residual = gen.residual(
@@ -329,7 +326,7 @@ def train(
         )  # BK x T
         g_adv = losses.generator_loss(config.loss, disc(cond_k, residual))
         zero_mean = losses.unbiased_mean_square(residual.view(batch, k, target_dim))
-        g_loss = mean_loss + bce + g_adv + config.mean_penalty * zero_mean
+        g_loss = mse + bce + g_adv + config.mean_penalty * zero_mean
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         dist.average_gradients(mean_params + residual_params)
