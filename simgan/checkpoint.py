@@ -130,10 +130,14 @@ def load_model_files(directory: str | Path) -> ModelFiles:
         tensors = safetensors_load(data)
     except Exception as exc:
         raise CheckpointError(f"{weights_path}: cannot parse safetensors ({exc})") from exc
-    info_arrays = {k[len(_INFO_PREFIX):]: v.numpy() for k, v in tensors.items() if k.startswith(_INFO_PREFIX)}
+    info_arrays = {
+        k[len(_INFO_PREFIX) :]: v.numpy() for k, v in tensors.items() if k.startswith(_INFO_PREFIX)
+    }
     tensors = {k: v for k, v in tensors.items() if not k.startswith(_INFO_PREFIX)}
     info = ModelInfo.from_json(meta["info"], info_arrays)
-    return ModelFiles(kind=kind, config=meta["config"], info=info, tensors=tensors, metrics=meta.get("metrics", {}))
+    return ModelFiles(
+        kind=kind, config=meta["config"], info=info, tensors=tensors, metrics=meta.get("metrics", {})
+    )
 
 
 def load_model(directory: str | Path, device: str | torch.device = "auto") -> WorldModel:

@@ -27,7 +27,9 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()) -> None:
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = ()
+) -> None:
     """Add one ``--flag`` per dataclass field (underscores become dashes)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):

@@ -22,5 +22,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         except RuntimeError as exc:
             raise ValueError(f"device: expected one of {DEVICE_CHOICES} or 'cuda:N', got {device!r}") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine (use 'auto' or 'cpu')")
+        raise ValueError(
+            f"device: {device!r} asked for, but CUDA is not available on this machine (use 'auto' or 'cpu')"
+        )
     return resolved

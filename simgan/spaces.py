@@ -19,7 +19,10 @@ class UnsupportedSpaceError(ValueError):
 
 def _encode_bound(values: np.ndarray) -> list:
     # JSON has no infinity: write non-finite bounds as the strings "inf" / "-inf".
-    return [v if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in values.astype(np.float64).ravel().tolist()]
+    return [
+        v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+        for v in values.astype(np.float64).ravel().tolist()
+    ]
 
 
 def _decode_bound(values: list, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -48,7 +51,9 @@ def space_from_dict(spec: dict[str, Any]) -> gym.Space:
         shape = tuple(spec["shape"])
         dtype = np.dtype(spec["dtype"])
         return gym.spaces.Box(
-            low=_decode_bound(spec["low"], shape, dtype), high=_decode_bound(spec["high"], shape, dtype), dtype=dtype
+            low=_decode_bound(spec["low"], shape, dtype),
+            high=_decode_bound(spec["high"], shape, dtype),
+            dtype=dtype,
         )
     if kind == "Discrete":
         return gym.spaces.Discrete(int(spec["n"]), start=int(spec.get("start", 0)))

@@ -17,9 +17,17 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("info", "info", "print a summary of a dataset (or a model directory)"),
     ("agent", "agent", "train an RL agent (SAC/PPO) in a real or learned env, or evaluate a saved one"),
     ("train", "train", "train a world model (conditional GAN or Gaussian ensemble) on a dataset"),
-    ("simulate", "simulate", "run the learned env built from a model directory (thousands of sub-envs at once)"),
+    (
+        "simulate",
+        "simulate",
+        "run the learned env built from a model directory (thousands of sub-envs at once)",
+    ),
     ("forecast", "forecast", "sample many possible futures from given states; write fan charts"),
-    ("loop", "loop", "model-based RL loop: collect real data, train a world model, train the agent inside it"),
+    (
+        "loop",
+        "loop",
+        "model-based RL loop: collect real data, train a world model, train the agent inside it",
+    ),
     ("evaluate", "evaluate", "fidelity metrics of one or more model directories on a dataset, side by side"),
 ]
 
@@ -35,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, summary in COMMANDS:
         module = importlib.import_module(f"simgan.cli.{module_name}")
-        p = sub.add_parser(name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         module.add_parser(p)
         p.set_defaults(_run=module.run)
     return parser

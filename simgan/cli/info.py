@@ -8,7 +8,10 @@ import argparse
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="a dataset directory written by `simgan collect`")
     parser.add_argument(
-        "--validation-fraction", type=float, default=0.1, help="share of episodes held out (shown in the summary)"
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        help="share of episodes held out (shown in the summary)",
     )
 
 
