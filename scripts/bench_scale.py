@@ -30,7 +30,8 @@ import torch
 
 import simgan
 from simgan.checkpoint import load_model_files
-from simgan.distributed import connect_ray, train_distributed
+from simgan.collection import connect_ray
+from simgan.distributed import train_distributed
 from simgan.training import TrainConfig, train
 
 FIDELITY = ("best_energy_score", "next_obs_mse_mean", "next_obs_mse_sample", "mmd2")

@@ -378,6 +378,29 @@ def _write(
     bar.update(batch)
 
 
+def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` (else ``RAY_ADDRESS``), or start an embedded local cluster; True if started here.
+
+    Args:
+        address: ``host:port`` of a running cluster's head (``ray start --head``), or None.
+        num_cpus: CPUs of an embedded cluster (default: this machine's).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # "local": always a new cluster of our own, never one that happens to run on this machine. Ray (2.60)
+        # offers no loopback-only binding: it relies on its token authentication instead.
+        ray.init(
+            address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
+        )
+    return True
+
+
 def _run_local(
     configs: list[WorkerConfig],
     start_chunks: list[int | None],
@@ -416,16 +439,7 @@ def _run_ray(
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    started_here = False
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # An embedded single-node cluster, no dashboard. Ray (2.60) offers no loopback-only binding: it
-            # resolves 127.0.0.1 to the node's IP and relies on its token authentication instead.
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        started_here = True
+    started_here = connect_ray(address)
     actors: dict[int, Any] = {}
     try:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -474,5 +488,6 @@ __all__ = [
     "RolloutWorker",
     "WorkerConfig",
     "collect",
+    "connect_ray",
     "split_budget",
 ]

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from simgan.collection import connect_ray
 from simgan.data import (
     Dataset,
     TransitionBatch,
@@ -57,28 +58,6 @@ RUN_RECORD = "distributed.json"
 
 class DistributedTrainingError(SimganError):
     """Data-parallel training failed (a worker died or raised); the message says what is left on disk."""
-
-
-def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
-    """Connect to ``address`` (else ``RAY_ADDRESS``), or start an embedded local cluster; True if started here.
-
-    Args:
-        address: ``host:port`` of a running cluster's head (``ray start --head``), or None.
-        num_cpus: CPUs of an embedded cluster (default: this machine's).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local": always a new cluster of our own, never one that happens to run on this machine
-        ray.init(
-            address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False
-        )
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -461,7 +461,7 @@ def _maybe_init_ray(workers: int, address: str | None) -> bool:
     """Start (or connect to) Ray once for all iterations, so each collection does not pay Ray's start-up."""
     if workers == 0:
         return False
-    from simgan.distributed import connect_ray
+    from simgan.collection import connect_ray
 
     return connect_ray(address)
 
