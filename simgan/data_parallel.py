@@ -107,33 +107,22 @@ class DistContext:
 
 
 SINGLE_PROCESS = DistContext()
-_CONSTANT_STD = 1e-6  # below this a column counts as constant and stays unscaled (as in Normalizer.fit)
 
 
 def fit_normalizer(
     model: ConditionalGAN, train_split: TransitionBatch, info: ModelInfo, dist: DistContext
 ) -> None:
     """Fit the normaliser on the training split of *all* ranks (exact moments from all-reduced sums)."""
-    model.normalizer.fit(train_split, info)
-    if not dist.distributed:
-        return
     norm = model.normalizer
-    columns = {
-        "obs": train_split.obs,
-        "delta": train_split.next_obs.astype(np.float64) - train_split.obs.astype(np.float64),
-        "reward": train_split.reward.reshape(-1, 1),
-    }
-    if not info.is_discrete:
-        columns["action"] = train_split.action.reshape(len(train_split), -1)
+    if not dist.distributed:
+        norm.fit(train_split, info)
+        return
     count = float(dist.reduce(torch.tensor(float(len(train_split)), dtype=torch.float64), "sum"))
-    for name, values in columns.items():
-        values = torch.as_tensor(np.asarray(values, dtype=np.float64))  # n x D
-        total = dist.reduce(torch.stack([values.sum(0), values.pow(2).sum(0)]), "sum")  # 2 x D
+    for name, values in norm.columns(train_split, info).items():
+        sums = torch.as_tensor(np.stack([values.sum(0), (values**2).sum(0)]))  # 2 x D
+        total = dist.reduce(sums, "sum").numpy()
         mean = total[0] / count
-        std = (total[1] / count - mean.pow(2)).clamp_min(0).sqrt()
-        std = torch.where(std < _CONSTANT_STD, torch.ones_like(std), std)  # Normalizer.fit's rule
-        getattr(norm, f"{name}_mean").copy_(mean.float())
-        getattr(norm, f"{name}_std").copy_(std.float())
+        norm.set_statistics(name, mean, np.sqrt(np.clip(total[1] / count - mean**2, 0.0, None)))
 
 
 def model_info(dataset: Dataset, dist: DistContext) -> ModelInfo:

@@ -92,9 +92,9 @@ class Normalizer(nn.Module):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
 
-    @torch.no_grad()
-    def fit(self, batch: TransitionBatch, info: ModelInfo) -> Normalizer:
-        """Set the statistics from a training batch (Discrete one-hot actions stay unnormalised)."""
+    @staticmethod
+    def columns(batch: TransitionBatch, info: ModelInfo) -> dict[str, np.ndarray]:
+        """The float64 columns (n x D each) the statistics are fitted on; Discrete one-hot actions have none."""
         columns = {
             "obs": batch.obs.astype(np.float64),
             "delta": (batch.next_obs.astype(np.float64) - batch.obs.astype(np.float64)),
@@ -102,11 +102,19 @@ class Normalizer(nn.Module):
         }
         if not info.is_discrete:
             columns["action"] = batch.action.astype(np.float64).reshape(len(batch), -1)
-        for name, values in columns.items():
-            mean, std = values.mean(axis=0), values.std(axis=0)
-            std = np.where(std < _MIN_STD, 1.0, std)  # constant columns (CartPole's reward): leave unscaled
-            getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
-            getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32))
+        return columns
+
+    @torch.no_grad()
+    def set_statistics(self, name: str, mean: np.ndarray, std: np.ndarray) -> None:
+        """Store one column group's mean and std (D each); constant columns (CartPole's reward) stay unscaled."""
+        std = np.where(std < _MIN_STD, 1.0, std)
+        getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
+        getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def fit(self, batch: TransitionBatch, info: ModelInfo) -> Normalizer:
+        """Set the statistics from a training batch (Discrete one-hot actions stay unnormalised)."""
+        for name, values in self.columns(batch, info).items():
+            self.set_statistics(name, values.mean(axis=0), values.std(axis=0))
         return self
 
     def condition(self, obs: torch.Tensor, action_input: torch.Tensor) -> torch.Tensor:
