@@ -299,6 +299,19 @@ class SimRolloutShard:
         return {key: np.stack(values, axis=1) for key, values in steps.items()}
 
 
+def _rollout_shard(
+    model_dir: str,
+    num_envs: int,
+    seed: int,
+    device: str,
+    policy: Any,
+    horizon: int,
+    actions: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """One shard's rollout (a module-level task for :func:`run_shards`)."""
+    return SimRolloutShard(model_dir, num_envs, seed, device, policy).rollout(horizon, actions)
+
+
 def sharded_rollouts(
     model_dir: str | Path,
     *,
@@ -351,23 +364,21 @@ def sharded_rollouts(
         None if actions is None else actions[k * envs_per_shard : (k + 1) * envs_per_shard]
         for k in range(num_shards)
     ]
-    args = [(str(model_dir), envs_per_shard, seed + k, device, policy) for k in range(num_shards)]
-    if not workers:
-        results = [SimRolloutShard(*a).rollout(horizon, p) for a, p in zip(args, parts)]
-    else:
-        import ray
-
-        started = connect_ray(address)
-        try:
-            cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / num_shards)
-            remote = ray.remote(num_cpus=cpus, num_gpus=gpus_per_shard)(SimRolloutShard)
-            actors = [remote.remote(*a) for a in args]
-            results = ray.get([actor.rollout.remote(horizon, p) for actor, p in zip(actors, parts)])
-            for actor in actors:
-                ray.kill(actor)
-        finally:
-            if started:
-                ray.shutdown()
+    shard_kwargs = [
+        {
+            "model_dir": str(model_dir),
+            "num_envs": envs_per_shard,
+            "seed": seed + k,
+            "device": device,
+            "policy": policy,
+            "horizon": horizon,
+            "actions": part,
+        }
+        for k, part in enumerate(parts)
+    ]
+    results = run_shards(
+        _rollout_shard, shard_kwargs, workers=workers, address=address, gpus_per_shard=gpus_per_shard
+    )
     return {key: np.concatenate([r[key] for r in results]) for key in ROLLOUT_KEYS}
 
 
