@@ -192,17 +192,14 @@ class GaussianEnsemble(nn.Module):
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         return obs + raw[:, :-1], raw[:, -1]
 
-    # ---- the WorldModel interface ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
+    def _draw(
         self,
         obs: torch.Tensor,
         action: torch.Tensor,
-        *,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
+        noise: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """One ensemble pass and draw: (next_obs, reward, terminated, target B x T, mean, logvar M x B x T)."""
         inputs = self.normalized_inputs(obs, action)
         batch = inputs.shape[0]
         if noise is None:
@@ -218,7 +215,34 @@ class GaussianEnsemble(nn.Module):
         rows = torch.arange(batch, device=self.device)
         target = mean[member, rows] + torch.exp(0.5 * logvar[member, rows]) * noise[:, : self.target_dim]
         next_obs, reward = self._untarget(obs, target)
-        return next_obs, reward, logit[member, rows] > 0.0
+        return next_obs, reward, logit[member, rows] > 0.0, target, mean, logvar
+
+    # ---- the WorldModel interface ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
+        next_obs, reward, terminated, *_ = self._draw(obs, action, noise, generator)
+        return next_obs, reward, terminated
+
+    @torch.no_grad()
+    def sample_with_realism(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample` plus the :meth:`realism` of the sampled transitions, from the same ensemble pass."""
+        next_obs, reward, terminated, target, mean, logvar = self._draw(obs, action, noise, generator)
+        return next_obs, reward, terminated, self._calibrated(self._mixture_log_density(target, mean, logvar))
 
     @torch.no_grad()
     def mean(
@@ -238,22 +262,33 @@ class GaussianEnsemble(nn.Module):
         obs, next_obs, reward = transition_tensors(obs, next_obs, reward, self.device, EnsembleError)
         target = self.normalized_targets(obs, next_obs, reward)
         mean, logvar, _ = self.forward(inputs)
+        return self._mixture_log_density(target, mean, logvar)
+
+    def _mixture_log_density(
+        self, target: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-density of normalised targets (B x T) under the elites of every member's (M x B x T) Gaussians."""
         mean, logvar = mean[self.elite_index], logvar[self.elite_index]  # K x B x T
         per_member = -0.5 * (
             ((target - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)
         ).sum(-1)
         return torch.logsumexp(per_member, dim=0) - math.log(len(self.elite_index))
 
+    def _calibrated(self, scores: torch.Tensor) -> torch.Tensor:
+        """Log-densities -> realism in [0, 1]: the fraction of real validation transitions scoring lower."""
+        if self.realism_reference.numel() == 0:
+            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
+        index = torch.searchsorted(
+            self.realism_reference, scores.to(self.realism_reference.dtype).contiguous()
+        )
+        return index.to(torch.float32) / self.realism_reference.numel()
+
     @torch.no_grad()
     def realism(
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
     ) -> torch.Tensor:
         """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
-        scores = self.log_density(obs, action, next_obs, reward)
-        if self.realism_reference.numel() == 0:
-            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
-        index = torch.searchsorted(self.realism_reference, scores.contiguous())
-        return index.to(torch.float32) / self.realism_reference.numel()
+        return self._calibrated(self.log_density(obs, action, next_obs, reward))
 
     @torch.no_grad()
     def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:

@@ -242,10 +242,15 @@ def forecast(
             )
             # ---- one batched model step for all M rows --------------------------------------------------------
             with torch.inference_mode():
-                next_obs, reward, terminated = model.sample(
-                    obs, action, noise=step_noise, generator=generator
-                )
-                score = model.realism(obs, action, next_obs, reward) if compute_realism else None
+                if compute_realism:
+                    next_obs, reward, terminated, score = model.sample_with_realism(
+                        obs, action, noise=step_noise, generator=generator
+                    )
+                else:
+                    next_obs, reward, terminated = model.sample(
+                        obs, action, noise=step_noise, generator=generator
+                    )
+                    score = None
             next_obs = torch.where(live[:, None], next_obs, obs)  # ended branches keep their final state
             out["alive"][b_idx, n_idx, t] = live.cpu().numpy()
             out["observations"][b_idx, n_idx, t] = next_obs.cpu().numpy()

@@ -45,14 +45,15 @@ class ModelShapeError(SimganError, ValueError):
 class ModelConfig:
     """Architecture of a :class:`ConditionalGAN` (stored in ``model.json``; rebuilt from it on load)."""
 
+    # The defaults are what `simgan train` builds (TrainConfig's; a test keeps the two equal).
     noise_dim: int = 8
     # K > 0: a uniform K-way discrete latent read off z[:, 0] (see Generator.residual)
-    noise_components: int = 0
+    noise_components: int = 16
     mean_hidden: tuple[int, ...] = (256, 256, 256)
-    residual_hidden: tuple[int, ...] = (256, 256)
-    disc_hidden: tuple[int, ...] = (256, 256)
+    residual_hidden: tuple[int, ...] = (128, 128)
+    disc_hidden: tuple[int, ...] = (128, 128)
     spectral_norm: bool = False
-    loss: str = "wgan-gp"  # how the discriminator's scores are read (logits or critic scores)
+    loss: str = "hinge"  # how the discriminator's scores are read (logits or critic scores)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -245,6 +246,24 @@ class ConditionalGAN(nn.Module):
         return noise
 
     # ---- the WorldModel interface ----------------------------------------------------------------------------
+    def _generate(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        noise: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One generator pass: (next_obs B x O, reward B, terminated B, cond B x (O + A), residual B x T)."""
+        cond = self.condition(obs, action)
+        z = self._noise(cond.shape[0], noise, generator)
+        mean, logit = self.generator.mean(cond)
+        residual = self.generator.residual(cond, z)
+        target = mean + self.generator.residual_scale * residual
+        next_obs, reward = self.normalizer.untarget(
+            torch.as_tensor(obs, dtype=torch.float32, device=self.device), target
+        )
+        return next_obs, reward, logit > 0.0, cond, residual
+
     @torch.no_grad()
     def sample(
         self,
@@ -255,14 +274,25 @@ class ConditionalGAN(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
-        cond = self.condition(obs, action)
-        z = self._noise(cond.shape[0], noise, generator)
-        mean, logit = self.generator.mean(cond)
-        target = mean + self.generator.residual_scale * self.generator.residual(cond, z)
-        next_obs, reward = self.normalizer.untarget(
-            torch.as_tensor(obs, dtype=torch.float32, device=self.device), target
-        )
-        return next_obs, reward, logit > 0.0
+        next_obs, reward, terminated, _, _ = self._generate(obs, action, noise, generator)
+        return next_obs, reward, terminated
+
+    @torch.no_grad()
+    def sample_with_realism(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample` plus the :meth:`realism` of the sampled transitions, with the mean head run once.
+
+        The discriminator judges ``(target - mu) / scale``; for a generated transition that is exactly the
+        residual the generator produced, so no second mean-head pass is needed.
+        """
+        next_obs, reward, terminated, cond, residual = self._generate(obs, action, noise, generator)
+        return next_obs, reward, terminated, self._calibrated(self._judge(cond, residual))
 
     @torch.no_grad()
     def mean(
@@ -285,6 +315,22 @@ class ConditionalGAN(nn.Module):
             mean, _ = self.generator.mean(cond)
         return (target - mean) / self.generator.residual_scale
 
+    def _judge(self, cond: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:
+        """Raw discriminator scores (B) of judged residuals, with spectral norm in eval mode."""
+        was_training = self.discriminator.training
+        self.discriminator.eval()  # spectral norm: no power iteration outside training
+        scores = self.discriminator(cond, judged)
+        self.discriminator.train(was_training)
+        return scores
+
+    def _calibrated(self, scores: torch.Tensor) -> torch.Tensor:
+        """Raw scores -> realism in [0, 1]: the fraction of real validation transitions scoring lower."""
+        reference = self.realism_reference
+        if reference.numel() == 0:
+            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
+        index = torch.searchsorted(reference, scores.to(reference.dtype).contiguous(), right=False)
+        return index.to(torch.float32) / reference.numel()
+
     @torch.no_grad()
     def score(
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
@@ -292,25 +338,14 @@ class ConditionalGAN(nn.Module):
         """Raw discriminator scores of transitions, B (higher = more real)."""
         cond = self.condition(obs, action)
         obs, next_obs, reward = transition_tensors(obs, next_obs, reward, self.device, ModelShapeError)
-        was_training = self.discriminator.training
-        self.discriminator.eval()  # spectral norm: no power iteration outside training
-        scores = self.discriminator(cond, self.judged_residual(cond, obs, next_obs, reward))
-        self.discriminator.train(was_training)
-        return scores
+        return self._judge(cond, self.judged_residual(cond, obs, next_obs, reward))
 
     @torch.no_grad()
     def realism(
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
     ) -> torch.Tensor:
         """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
-        scores = self.score(obs, action, next_obs, reward)
-        reference = self.realism_reference
-        if reference.numel() == 0:
-            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
-        return (
-            torch.searchsorted(reference, scores.contiguous(), right=False).to(torch.float32)
-            / reference.numel()
-        )
+        return self._calibrated(self.score(obs, action, next_obs, reward))
 
     @torch.no_grad()
     def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:

@@ -2,9 +2,10 @@
 
 Per step, on the model's device (B sub-envs, D = obs_dim)::
 
-    noise (B x noise_dim) -> model.sample(obs, action, noise) -> next_obs, reward, terminated
+    noise (B x noise_dim) -> model.sample_with_realism(obs, action, noise)   (model.sample when realism is off)
+                          -> next_obs, reward, terminated, realism (the model judges its own transition)
     reward_fn / termination_fn replace the learned ones when given
-    realism = model.realism(...)            -> info["realism"], below realism_threshold -> truncated
+    realism below realism_threshold         -> info["unrealistic"], truncated
     next_obs outside the data range +margin -> info["out_of_support"], truncated
     non-finite model output                 -> info["non_finite"], truncated, last finite obs kept
     step count reaches max_episode_steps    -> truncated
@@ -310,7 +311,13 @@ class BatchSimulator:
             )
         noise = self.draw_noise()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            next_obs, reward, terminated = self.model.sample(obs, action, noise=noise)
+            if self.compute_realism:  # the model judges its own transition (its reward, not a reward_fn's)
+                next_obs, reward, terminated, realism = self.model.sample_with_realism(
+                    obs, action, noise=noise
+                )
+            else:
+                next_obs, reward, terminated = self.model.sample(obs, action, noise=noise)
+                realism = torch.ones(self.num_envs, device=self.device)
         next_obs = next_obs.to(torch.float32)
         model_reward = reward = reward.reshape(self.num_envs).to(torch.float32)
         if self.reward_fn is not None:
@@ -326,15 +333,8 @@ class BatchSimulator:
         next_obs = torch.where(finite[:, None], next_obs, obs)
         reward = torch.where(finite, reward, 0.0)
         out_of_support = ((next_obs < self.support_low) | (next_obs > self.support_high)).any(dim=1) & finite
-        if self.compute_realism:
-            # The model judges its own transition (its reward, not a custom reward_fn's).
-            model_reward = torch.where(finite, model_reward, 0.0)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                realism = self.model.realism(obs, action, next_obs, model_reward)
-            realism = realism.reshape(self.num_envs).to(torch.float32)
-            realism = torch.where(finite, torch.nan_to_num(realism, nan=0.0).clamp(0.0, 1.0), 0.0)
-        else:
-            realism = torch.ones(self.num_envs, device=self.device)
+        realism = realism.reshape(self.num_envs).to(torch.float32)
+        realism = torch.where(finite, torch.nan_to_num(realism, nan=0.0).clamp(0.0, 1.0), 0.0)
         if self.realism_threshold is not None:
             unrealistic = (realism < self.realism_threshold) & finite
         else:

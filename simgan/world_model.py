@@ -134,6 +134,21 @@ class WorldModel(Protocol):
         """Calibrated plausibility of each transition, B floats in [0, 1] (higher = more realistic)."""
         ...
 
+    def sample_with_realism(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`sample` and the :meth:`realism` of what it sampled: (next_obs, reward, terminated, realism).
+
+        Equal to ``realism(obs, action, *sample(...)[:2])`` up to float rounding, but the models compute it from
+        the same forward pass (the learned env and forecasts call this on every step).
+        """
+        ...
+
     def to(self, device: torch.device | str) -> WorldModel: ...
 
 

@@ -229,3 +229,17 @@ def test_gan_places_samples_in_both_kicked_pendulum_modes(kicked_data, tmp_path:
     shares = _mode_shares(train(kicked_data, tmp_path / "gan", config, progress=False))
     assert shares["plus"] > 0.2 and shares["minus"] > 0.2, shares
     assert shares["between"] < 0.15, shares  # the ensemble puts > 0.25 here (test above)
+
+
+def test_sample_with_realism_is_the_realism_of_the_sample(trained, pendulum) -> None:
+    model, _ = trained
+    obs, action = _inputs(pendulum, 200)
+    noise = torch.randn(200, model.noise_dim, generator=torch.Generator().manual_seed(4))
+    next_obs, reward, terminated = model.sample(obs, action, noise=noise)
+    fused = model.sample_with_realism(obs, action, noise=noise)
+    for a, b in zip(fused[:3], (next_obs, reward, terminated)):
+        assert torch.equal(a, b)
+    expected = model.realism(obs, action, next_obs, reward)
+    assert 0.1 < float(expected.mean()) < 0.9  # the samples rank among the real validation transitions
+    step = 1.0 / model.realism_reference.numel()
+    assert torch.allclose(fused[3], expected, atol=step + 1e-6), (fused[3] - expected).abs().max()

@@ -165,3 +165,28 @@ def test_discrete_latent_is_uniform_and_a_function_of_the_noise() -> None:
 def test_config_saved_before_the_discrete_latent_loads_without_it() -> None:
     saved = {k: v for k, v in CONFIG.to_json().items() if k != "noise_components"}
     assert ModelConfig.from_json(saved).noise_components == 0
+
+
+def test_defaults_are_what_train_builds() -> None:
+    from simgan.train_config import TrainConfig
+
+    assert TrainConfig().model_config() == ModelConfig()
+
+
+def test_sample_with_realism_is_the_realism_of_the_sample(model_and_batch) -> None:
+    """The fused step judges the residual it generated: the same ranks as realism() of the sampled transitions."""
+    model, batch = model_and_batch
+    obs, action, _, _ = tensors(batch)
+    noise = torch.randn(64, CONFIG.noise_dim, generator=torch.Generator().manual_seed(3))
+    next_obs, reward, terminated = model.sample(obs, action, noise=noise)
+    # calibrate on the samples themselves, so their realism ranks are spread over [0, 1) (not all 0 or all 1)
+    sampled = TransitionBatch(**{**batch.arrays(), "next_obs": next_obs.numpy(), "reward": reward.numpy()})
+    model.calibrate_realism(sampled)
+    expected = model.realism(obs, action, next_obs, reward)
+    fused = model.sample_with_realism(obs, action, noise=noise)
+    for a, b in zip(fused[:3], (next_obs, reward, terminated)):
+        assert torch.equal(a, b)
+    # equal up to a float-rounding tie with a neighbouring reference score (one rank)
+    assert torch.allclose(fused[3], expected, atol=1.0 / 64 + 1e-6), (fused[3], expected)
+    assert float((fused[3] - expected).abs().mean()) < 0.05
+    assert sorted(fused[3].tolist()) == pytest.approx([i / 64 for i in range(64)], abs=1.5 / 64)

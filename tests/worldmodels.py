@@ -25,6 +25,14 @@ SCALE_ACTION = 0.1
 SCALE_NOISE = 0.01
 
 
+class _Realism:
+    """``sample_with_realism`` as the protocol defines it: the sample, then the realism of what was sampled."""
+
+    def sample_with_realism(self, obs, action, *, noise=None, generator=None):
+        next_obs, reward, terminated = self.sample(obs, action, noise=noise, generator=generator)
+        return next_obs, reward, terminated, self.realism(obs, action, next_obs, reward)
+
+
 def linear_info(max_episode_steps: int | None = 20) -> ModelInfo:
     return ModelInfo(
         env_id="simgan-test/Linear-v0",
@@ -56,7 +64,7 @@ def discrete_info(max_episode_steps: int | None = 20) -> ModelInfo:
     )
 
 
-class LinearModel:
+class LinearModel(_Realism):
     """next = obs + 0.1 * [action, 0] + 0.01 * noise; see the module docstring."""
 
     noise_dim = 3
@@ -91,7 +99,7 @@ class LinearModel:
         return torch.exp(-(z**2).mean(dim=1) / 2)
 
 
-class DiscreteLinearModel:
+class DiscreteLinearModel(_Realism):
     """Discrete(3) actions: action 0 pushes obs_0 down by 0.1, 1 leaves it, 2 pushes it up."""
 
     noise_dim = 2
