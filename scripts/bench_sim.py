@@ -114,7 +114,7 @@ def model_info_from_env(env_id: str, rollout_steps: int = 2000) -> ModelInfo:
 
 def fresh_gan(info: ModelInfo, device: torch.device) -> ConditionalGAN:
     torch.manual_seed(0)
-    model = ConditionalGAN(info, ModelConfig())
+    model = ConditionalGAN(info, ModelConfig())  # the defaults `simgan train` builds
     # An untrained model has no calibration scores; any sorted reference gives realism the same cost.
     model.realism_reference = torch.sort(torch.randn(4096)).values
     return model.to(device).eval()
@@ -122,14 +122,14 @@ def fresh_gan(info: ModelInfo, device: torch.device) -> ConditionalGAN:
 
 def linear_shapes(model: ConditionalGAN, realism: bool) -> list[tuple[int, int]]:
     """(in, out) of every linear layer one env step runs: mean net and residual net (sample), and with
-    realism the mean net again and the critic (``ConditionalGAN.realism`` recomputes the mean)."""
+    realism the critic (``sample_with_realism`` judges the generated residual, so the mean net runs once)."""
 
     def shapes(net: torch.nn.Module) -> list[tuple[int, int]]:
         return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
 
     mean = shapes(model.generator.mean_net)
     sample = mean + shapes(model.generator.residual_net)
-    return sample + mean + shapes(model.discriminator.net) if realism else sample
+    return sample + shapes(model.discriminator.net) if realism else sample
 
 
 def bench_matmul(
@@ -269,7 +269,7 @@ def main() -> int:
         "gymnasium": gym.__version__,
         "platform": platform.platform(),
         "processor": platform.processor(),
-        "model": "ConditionalGAN(ModelConfig()) with freshly initialised weights",
+        "model": f"ConditionalGAN({ModelConfig()}) (simgan train's defaults), freshly initialised weights",
         "baselines_transitions_per_s": {k: v[1] for k, v in baselines.items()},
         "baseline_measurements": baseline_runs,
         "seconds_per_measurement": args.seconds,
