@@ -181,7 +181,8 @@ def forecast(
         num_samples: N > 0 branches per state.
         seed: seeds the model noise and the random policy; same seed (and ``max_memory``) -> same forecast.
         noise: optional fixed model noise, broadcastable to B x N x H x noise_dim.
-        compute_realism: score every step with ``model.realism`` (costs a second network pass).
+        compute_realism: score every step's realism (``model.sample_with_realism``: the GAN's critic on top of
+            the sampling pass).
         max_memory: bound in bytes on the working set; larger requests are processed in chunks of branches.
         progress: show a progress bar over chunks.
 
@@ -222,6 +223,9 @@ def forecast(
 
         chunks = tqdm(chunks, desc="forecast", unit="chunk")
 
+    # Row r of a chunk is branch (r // N, r % N): contiguous rows are a slice of the B*N branches, so every
+    # step writes its results into flat views of the outputs with one slice assignment per array.
+    flat = {k: v.reshape(total_rows, horizon, *v.shape[3:]) for k, v in out.items()}
     for lo in chunks:
         hi = min(lo + rows_per_chunk, total_rows)
         rows = np.arange(lo, hi)
@@ -252,13 +256,13 @@ def forecast(
                     )
                     score = None
             next_obs = torch.where(live[:, None], next_obs, obs)  # ended branches keep their final state
-            out["alive"][b_idx, n_idx, t] = live.cpu().numpy()
-            out["observations"][b_idx, n_idx, t] = next_obs.cpu().numpy()
-            out["actions"][b_idx, n_idx, t] = action_np
-            out["rewards"][b_idx, n_idx, t] = torch.where(live, reward, 0.0).cpu().numpy()
-            out["terminated"][b_idx, n_idx, t] = (live & terminated).cpu().numpy()
+            flat["alive"][lo:hi, t] = live.cpu().numpy()
+            flat["observations"][lo:hi, t] = next_obs.cpu().numpy()
+            flat["actions"][lo:hi, t] = action_np
+            flat["rewards"][lo:hi, t] = torch.where(live, reward, 0.0).cpu().numpy()
+            flat["terminated"][lo:hi, t] = (live & terminated).cpu().numpy()
             if score is not None:
-                out["realism"][b_idx, n_idx, t] = torch.where(live, score, torch.nan).cpu().numpy()
+                flat["realism"][lo:hi, t] = torch.where(live, score, torch.nan).cpu().numpy()
             live = live & ~terminated
             obs = next_obs
     return Forecast(start_states=start, **out)
