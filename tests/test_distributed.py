@@ -310,7 +310,7 @@ def test_killed_worker_fails_clearly_or_recovers(
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sharded_rollouts_match_in_process_shards(dataset: Path, tmp_path: Path) -> None:
-    from simgan.distributed import sharded_rollouts
+    from simgan.shards import sharded_rollouts
     from simgan.training import train
 
     model_dir = tmp_path / "model"

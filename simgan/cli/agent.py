@@ -8,7 +8,7 @@
 This module is where simgan and ``agents`` meet: real envs come from ``envs.make_env``, learned ones from the
 registered ``simgan/Sim-v0`` id; ``agents`` itself knows only gymnasium.
 
-``eval --shards S`` splits the episodes over S Ray actors (:func:`simgan.distributed.run_shards`): shard k takes
+``eval --shards S`` splits the episodes over S Ray actors (:func:`simgan.shards.run_shards`): shard k takes
 a contiguous block of ``split_evenly(episodes, S)[k]`` episodes, builds its own env (``--num-envs`` sub-envs) and
 loads the agent from ``--agent``, and runs the same ``agents.evaluate_policy`` with seed ``--seed + first episode
 index of its block``; returns and lengths are joined in shard order. With a single env (``--num-envs 1``) episode i
@@ -265,7 +265,7 @@ def _evaluate_sharded(args: argparse.Namespace) -> Any:
     import numpy as np
 
     from agents import EvalResult
-    from simgan.distributed import run_shards, split_evenly
+    from simgan.shards import run_shards, split_evenly
 
     # the actors would find these too, but only after the cluster has started
     if args.episodes < args.shards:

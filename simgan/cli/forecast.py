@@ -4,7 +4,7 @@
     simgan forecast --model runs/pendulum-gan --state "[1, 0, 0]" --samples 100000 --shards 4 --out runs/forecast
 
 With ``--shards S`` the futures of each start state are split over S Ray actors
-(:func:`simgan.distributed.sharded_forecast`: shard k runs the same ``forecast`` on its share with seed + k) and
+(:func:`simgan.shards.sharded_forecast`: shard k runs the same ``forecast`` on its share with seed + k) and
 joined into one forecast, written exactly as without.
 """
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sharded_forecast(args: argparse.Namespace, states):
-    from simgan.distributed import sharded_forecast
+    from simgan.shards import sharded_forecast
 
     if args.samples < args.shards:
         raise SimganError(

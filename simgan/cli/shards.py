@@ -1,5 +1,5 @@
 """``--shards S [--address ADDR]``, shared by ``simgan forecast`` and ``simgan agent eval``: split the work over
-S Ray actors (:func:`simgan.distributed.run_shards`); 0 keeps it in this process."""
+S Ray actors (:func:`simgan.shards.run_shards`); 0 keeps it in this process."""
 
 from __future__ import annotations
 
