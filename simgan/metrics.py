@@ -35,6 +35,10 @@ import torch
 from simgan.world_model import WorldModel, encode_action
 
 HORIZONS = (1, 5, 10, 25)
+# A column whose std is below this is constant (CartPole's reward of 1) and is left unscaled: the same rule as
+# the models' normalisers (Normalizer.set_statistics in simgan/models.py, GaussianEnsemble in simgan/ensemble.py,
+# both `_MIN_STD = 1e-6`). Keep the three equal; tests/test_metrics.py checks they are.
+CONSTANT_COLUMN_STD = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ def one_step_metrics(
     centre, std = real.mean(dim=0), real.std(dim=0)
     # A constant column (CartPole's reward of 1) stays in raw units: dividing by its ~0 std would turn float
     # noise of 1e-4 in a generated reward into hundreds of standard deviations.
-    scale = torch.where(std < 1e-6, torch.ones_like(std), std)
+    scale = torch.where(std < CONSTANT_COLUMN_STD, torch.ones_like(std), std)
     out = distribution_distances((fake - centre) / scale, (real - centre) / scale, seed=seed)
     w1 = wasserstein_1d(next_obs - obs, real_next - obs)
     out.update({f"w1/dim{i}": float(v) for i, v in enumerate(w1)})
