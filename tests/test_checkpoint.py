@@ -9,23 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import TINY_GAN
 
 import simgan
 from simgan.checkpoint import CheckpointError, load_model, load_train_state
 from simgan.models import ConditionalGAN
-from simgan.training import TrainConfig, train
-
-TINY = TrainConfig(
-    steps=20,
-    eval_every=10,
-    eval_size=256,
-    batch_size=32,
-    mean_hidden=(32, 32),
-    residual_hidden=(32,),
-    disc_hidden=(32,),
-    figures=False,
-    device="cpu",
-)
+from simgan.training import train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,7 +36,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "gan"
-    train(dataset, out, TINY, progress=False)
+    train(dataset, out, TINY_GAN, progress=False)
     return out
 
 
@@ -132,5 +121,5 @@ def test_malicious_train_state_is_refused_and_not_executed(dataset, run_dir: Pat
     with pytest.raises(CheckpointError, match=r"train_state\.pt"):
         load_train_state(copy / "last")
     with pytest.raises(CheckpointError, match=r"train_state\.pt"):
-        train(dataset, copy, TINY, resume=True, progress=False)
+        train(dataset, copy, TINY_GAN, resume=True, progress=False)
     assert not marker.exists()

@@ -19,27 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_configs import TINY_GAN
 
 import simgan
 from simgan.checkpoint import CheckpointError, load_model, load_model_files
 from simgan.data import DatasetError, read_manifest, shard_slice
-from simgan.training import LAST_DIR, DistContext, TrainConfig
+from simgan.training import LAST_DIR, DistContext
 
 TINY_FLAGS = [
     "--batch-size", "32", "--eval-size", "256", "--mean-hidden", "32", "32", "--residual-hidden", "32",
     "--disc-hidden", "32", "--no-figures", "--device", "cpu", "--quiet",
 ]  # fmt: skip
-TINY = TrainConfig(
-    steps=20,
-    eval_every=10,
-    eval_size=256,
-    batch_size=32,
-    mean_hidden=(32, 32),
-    residual_hidden=(32,),
-    disc_hidden=(32,),
-    figures=False,
-    device="cpu",
-)
 
 
 def free_port() -> int:
@@ -87,8 +77,8 @@ def _rank_main(rank: int, port: int, data: str, out: str, result: str) -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
     )
     dist = DistContext(rank, 2)
-    dataset, _ = _dataset_slice(Path(data), TINY.validation_fraction, dist)
-    model = train(dataset, out, TINY, progress=False, dist=dist)
+    dataset, _ = _dataset_slice(Path(data), TINY_GAN.validation_fraction, dist)
+    model = train(dataset, out, TINY_GAN, progress=False, dist=dist)
     if rank == 1:
         torch.save({k: v.detach().clone() for k, v in model.state_tensors().items()}, result)
         (Path(result).parent / "validation_rows").write_text(str(len(dataset.validation)))
@@ -314,7 +304,7 @@ def test_sharded_rollouts_match_in_process_shards(dataset: Path, tmp_path: Path)
     from simgan.training import train
 
     model_dir = tmp_path / "model"
-    train(simgan.load_dataset(dataset), model_dir, TINY, progress=False)
+    train(simgan.load_dataset(dataset), model_dir, TINY_GAN, progress=False)
     kwargs = {"num_shards": 2, "envs_per_shard": 3, "horizon": 5, "seed": 7}
     policy = lambda obs: np.clip(-obs[:, :1], -2.0, 2.0)  # noqa: E731 (pickled by value for the actors)
     local = sharded_rollouts(model_dir, policy=policy, workers=False, **kwargs)
@@ -347,7 +337,7 @@ def tiny_run(dataset: Path, tmp_path_factory) -> dict[str, Path]:
     from simgan.training import train
 
     root = tmp_path_factory.mktemp("sharded")
-    train(simgan.load_dataset(dataset), root / "model", TINY, progress=False)
+    train(simgan.load_dataset(dataset), root / "model", TINY_GAN, progress=False)
     info = load_model_files(root / "model").info
     agent = PPOAgent(info.observation_space, info.action_space, PPOConfig(hidden_size=16, seed=3))
     agent.save(root / "agent")

@@ -12,23 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_configs import TINY_GAN
 
 import simgan
 from simgan import losses
 from simgan.checkpoint import load_model, load_model_files, load_train_state
 from simgan.training import RunDirectoryError, TrainConfig, TrainingDivergedError, train
 
-TINY = TrainConfig(
-    steps=30,
-    eval_every=10,
-    eval_size=256,
-    batch_size=32,
-    mean_hidden=(32, 32),
-    residual_hidden=(32,),
-    disc_hidden=(32,),
-    figures=False,
-    device="cpu",
-)
+TINY = dataclasses.replace(TINY_GAN, steps=30)
 
 
 @pytest.fixture(autouse=True, scope="module")
