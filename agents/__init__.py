@@ -9,7 +9,7 @@
     print(evaluate_policy(agent, env, episodes=10))
 """
 
-from agents.base import BasePolicy, Policy, TrainResult, load_agent
+from agents.base import BasePolicy, Policy, SeededPolicy, TrainResult, load_agent
 from agents.evaluate import EvalResult, evaluate_policy
 from agents.mpc import MPCPolicy
 from agents.ppo import PPOAgent, PPOConfig, train_ppo
@@ -28,6 +28,7 @@ __all__ = [
     "RandomPolicy",
     "SACAgent",
     "SACConfig",
+    "SeededPolicy",
     "SpaceMismatchError",
     "TrainResult",
     "evaluate_policy",

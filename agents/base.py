@@ -35,6 +35,10 @@ class Policy(Protocol):
     ``act`` takes one observation (obs_dim,) or a batch B x obs_dim and returns actions of the matching batch
     shape, inside the action space. ``policy(obs_batch)`` is the same as ``policy.act(obs_batch)``, so a policy
     can be handed to anything that accepts a plain ``obs -> action`` callable (collection, forecasting).
+
+    A policy that draws random actions should also be a :class:`SeededPolicy` (``seed`` and ``reseed``): all of
+    this package's agents are. That is a protocol of its own, not two more members of this one, so that a policy
+    written against ``Policy`` (or one with no randomness to reseed) stays a ``Policy``.
     """
 
     observation_space: gym.Space
@@ -43,6 +47,23 @@ class Policy(Protocol):
     def act(self, obs: Any, deterministic: bool = False) -> np.ndarray: ...
 
     def __call__(self, obs: Any) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SeededPolicy(Policy, Protocol):
+    """A :class:`Policy` whose action sampling is one seeded random stream that can be restarted.
+
+    ``seed`` is the seed that stream last started from (the constructor's seed, then the last ``reseed``'s).
+    ``reseed(seed)`` restarts the stream from ``seed``: the same seed gives the same stochastic actions again,
+    however many the policy drew before, and ``reseed`` with the constructor's seed replays the actions drawn
+    since construction. Weights and trained state are unchanged (so is a saved config, except that of
+    ``RandomPolicy``, whose whole config is its seed).
+    """
+
+    @property
+    def seed(self) -> int: ...
+
+    def reseed(self, seed: int) -> None: ...
 
 
 class BasePolicy:

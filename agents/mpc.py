@@ -101,6 +101,11 @@ class MPCPolicy(BasePolicy):
         """Forget the warm start (call at the start of an episode)."""
         self._plan: torch.Tensor | None = None  # H x act_dim mean of the last plan
 
+    def reseed(self, seed: int) -> None:
+        """Restart candidate sampling from ``seed``, as if built with it (the warm start stays: see ``reset``)."""
+        self.seed = int(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
     def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
         """First action of the plan from ``obs`` (obs_dim,), or one plan per row of a batch B x obs_dim.
 

@@ -179,6 +179,15 @@ class PPOAgent(BasePolicy):
         actions = self.model.sample(self.normalize(obs), self.generator, deterministic)
         return actions + self.action_space.start if self.is_discrete else actions
 
+    @property
+    def seed(self) -> int:
+        """The seed action sampling last started from: ``config.seed``, or the last :meth:`reseed`'s."""
+        return self.generator.initial_seed()
+
+    def reseed(self, seed: int) -> None:
+        """Restart action sampling from ``seed`` (weights and ``config`` unchanged; see ``SeededPolicy``)."""
+        self.generator.manual_seed(int(seed))
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"obs_rms.{k}": v for k, v in self.obs_rms.state_dict().items()})

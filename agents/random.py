@@ -36,6 +36,11 @@ class RandomPolicy(BasePolicy):
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
 
+    def reseed(self, seed: int) -> None:
+        """Restart from ``seed``: the actions of ``RandomPolicy(..., seed=seed)`` follow (``save`` writes it)."""
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+
     def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
         """Uniform actions, one per observation (``deterministic`` is ignored: a random policy has no mode)."""
         _, batched = obs_to_tensor(obs, self.observation_space, torch.device("cpu"))

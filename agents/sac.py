@@ -201,6 +201,15 @@ class SACAgent(BasePolicy):
         action, _, mean_action = self.actor.sample(obs, self.generator)
         return mean_action if deterministic else action
 
+    @property
+    def seed(self) -> int:
+        """The seed action sampling last started from: ``config.seed``, or the last :meth:`reseed`'s."""
+        return self.generator.initial_seed()
+
+    def reseed(self, seed: int) -> None:
+        """Restart action sampling from ``seed`` (weights and ``config`` unchanged; see ``SeededPolicy``)."""
+        self.generator.manual_seed(int(seed))
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {
             f"{name}.{k}": v for name, net in self.networks().items() for k, v in net.state_dict().items()

@@ -45,11 +45,7 @@ def reseed_for_shard(agent: Any, shard: int) -> None:
     """
     if shard == 0:
         return
-    import numpy as np
-    import torch
+    from agents import SeededPolicy
 
-    generator = getattr(agent, "generator", None)  # SAC, PPO: a torch.Generator seeded with config.seed
-    if isinstance(generator, torch.Generator):
-        generator.manual_seed(generator.initial_seed() + shard)
-    if isinstance(getattr(agent, "rng", None), np.random.Generator):  # RandomPolicy: np Generator from .seed
-        agent.rng = np.random.default_rng(int(agent.seed) + shard)
+    if isinstance(agent, SeededPolicy):  # every agent load_agent builds (SAC, PPO, random)
+        agent.reseed(agent.seed + shard)
