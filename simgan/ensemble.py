@@ -35,9 +35,7 @@ from torch import nn
 from simgan.checkpoint import CheckpointError, ModelFiles, save_model
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
-from simgan.world_model import ModelInfo, encode_action, transition_tensors
-
-_MIN_STD = 1e-6
+from simgan.world_model import CONSTANT_COLUMN_STD, ModelInfo, encode_action, transition_tensors
 
 
 class EnsembleError(SimganError, ValueError):
@@ -142,7 +140,7 @@ class GaussianEnsemble(nn.Module):
         ).double()
         for name, values in (("input", inputs), ("target", targets)):
             mean, std = values.mean(0), values.std(0)
-            std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+            std = torch.where(std < CONSTANT_COLUMN_STD, torch.ones_like(std), std)
             getattr(self, f"{name}_mean").copy_(mean.float())
             getattr(self, f"{name}_std").copy_(std.float())
         if self.info.is_discrete:  # a one-hot column is an indicator: keep it 0/1

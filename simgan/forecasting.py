@@ -128,7 +128,7 @@ class Forecast:
     @classmethod
     def concatenate(cls, parts: list[Forecast]) -> Forecast:
         """Join forecasts of the same start states and horizon along the sample axis (N: the parts' N summed,
-        in order), e.g. the shards of :func:`simgan.distributed.sharded_forecast`."""
+        in order), e.g. the shards of :func:`simgan.shards.sharded_forecast`."""
         if not parts:
             raise ForecastError("concatenate: expected at least one forecast, got none")
         first = parts[0]

@@ -32,13 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from simgan.world_model import WorldModel, encode_action
+from simgan.world_model import CONSTANT_COLUMN_STD, WorldModel, encode_action
 
 HORIZONS = (1, 5, 10, 25)
-# A column whose std is below this is constant (CartPole's reward of 1) and is left unscaled: the same rule as
-# the models' normalisers (Normalizer.set_statistics in simgan/models.py, GaussianEnsemble in simgan/ensemble.py,
-# both `_MIN_STD = 1e-6`). Keep the three equal; tests/test_metrics.py checks they are.
-CONSTANT_COLUMN_STD = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------------------

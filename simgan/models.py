@@ -30,9 +30,8 @@ from torch import nn
 from simgan.checkpoint import ModelFiles
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
-from simgan.world_model import ModelInfo, encode_action, transition_tensors
+from simgan.world_model import CONSTANT_COLUMN_STD, ModelInfo, encode_action, transition_tensors
 
-_MIN_STD = 1e-6
 _MIN_RESIDUAL_SCALE = 1e-3
 _INV_SQRT2 = 0.7071067811865476
 
@@ -108,7 +107,7 @@ class Normalizer(nn.Module):
     @torch.no_grad()
     def set_statistics(self, name: str, mean: np.ndarray, std: np.ndarray) -> None:
         """Store one column group's mean and std (D each); constant columns (CartPole's reward) stay unscaled."""
-        std = np.where(std < _MIN_STD, 1.0, std)
+        std = np.where(std < CONSTANT_COLUMN_STD, 1.0, std)
         getattr(self, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
         getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32))
 

@@ -25,6 +25,10 @@ import torch
 
 from simgan.spaces import action_dim, space_from_dict, space_to_dict
 
+# A data column whose std is below this is constant (CartPole's reward of 1): every model's normaliser and the
+# metrics leave such columns in raw units instead of dividing float noise by a tiny std.
+CONSTANT_COLUMN_STD = 1e-6
+
 
 @dataclass(frozen=True)
 class ModelInfo:

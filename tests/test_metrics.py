@@ -184,13 +184,6 @@ def test_a_constant_reward_column_is_not_blown_up_by_its_zero_std() -> None:
     assert nearly["reward_error"] == pytest.approx(1e-8, rel=1e-3)
 
 
-def test_the_constant_column_threshold_is_the_normalisers() -> None:
-    """Metrics and the models' normalisers must agree on which columns are constant (see CONSTANT_COLUMN_STD)."""
-    from simgan import ensemble, metrics, models
-
-    assert metrics.CONSTANT_COLUMN_STD == models._MIN_STD == ensemble._MIN_STD
-
-
 def test_rollout_error_accumulates_the_bias_per_step() -> None:
     batch = _linear_episodes()
     errors = rollout_errors(ShiftModel(0.1), batch, horizons=(1, 5, 25))
