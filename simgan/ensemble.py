@@ -35,6 +35,7 @@ from torch import nn
 from simgan.checkpoint import CheckpointError, ModelFiles, save_model
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
+from simgan.forecast_calibration import calibrate_noise_correlation
 from simgan.world_model import CONSTANT_COLUMN_STD, ModelInfo, encode_action, transition_tensors
 
 
@@ -110,6 +111,8 @@ class GaussianEnsemble(nn.Module):
             self.register_buffer(f"{name}_std", torch.ones(dim))
         self.register_buffer("elite_index", torch.arange(config.elites))
         self.register_buffer("realism_reference", torch.zeros(0))
+        # Step-to-step correlation of the noise in forecasts (simgan.forecast_calibration; set by training).
+        self.noise_correlation = 0.0
 
     @property
     def device(self) -> torch.device:
@@ -311,7 +314,7 @@ class GaussianEnsemble(nn.Module):
         save_model(
             directory,
             kind="ensemble",
-            config={"ensemble": config},
+            config={"ensemble": config, "noise_correlation": self.noise_correlation},
             info=self.info,
             tensors=tensors,
             metrics=metrics,
@@ -325,6 +328,7 @@ class GaussianEnsemble(nn.Module):
         except (KeyError, TypeError, SimganError) as exc:
             raise CheckpointError(f"model.json: cannot read the ensemble's config ({exc})") from exc
         model = cls(files.info, config)
+        model.noise_correlation = float(files.config.get("noise_correlation", 0.0))  # older models: 0
         tensors = dict(files.tensors)
         model.realism_reference = torch.empty_like(tensors.get("realism_reference", torch.zeros(0)))
         try:
@@ -481,12 +485,14 @@ def train_ensemble(
     model.elite_index = torch.argsort(best_mse)[: config.elites].sort().values
     model.eval()
     model.calibrate_realism(val_batch)
+    model.noise_correlation, coverage = calibrate_noise_correlation(model, val_batch, seed=config.seed)
     metrics = {
         "val_mse_elites": float(best_mse[model.elite_index].mean()),
         "steps": step + 1,
         "train_seconds": time.perf_counter() - start,
         "train_transitions": n,
         "validation_transitions": len(val_batch),
+        "forecast_band_coverage": coverage,
     }
     if writer is not None:
         writer.add_scalar("eval/val_mse_elites", metrics["val_mse_elites"], step + 1)

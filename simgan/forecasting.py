@@ -165,6 +165,7 @@ def forecast(
     num_samples: int,
     seed: int = 0,
     noise: np.ndarray | None = None,
+    noise_correlation: float | None = None,
     compute_realism: bool = True,
     max_memory: int = DEFAULT_MAX_MEMORY,
     progress: bool = False,
@@ -181,6 +182,10 @@ def forecast(
         num_samples: N > 0 branches per state.
         seed: seeds the model noise and the random policy; same seed (and ``max_memory``) -> same forecast.
         noise: optional fixed model noise, broadcastable to B x N x H x noise_dim.
+        noise_correlation: rho in [0, 1], the AR(1) correlation of each branch's model noise from step to step
+            (``z_t = rho z_{t-1} + sqrt(1 - rho^2) eps_t``: every step's noise stays standard normal). 0: independent
+            steps; 1: one draw per branch (PETS's TS-infinity). Default: the model's ``noise_correlation``,
+            calibrated on held-out episodes when it was trained (see :mod:`simgan.forecast_calibration`), else 0.
         compute_realism: score every step's realism (``model.sample_with_realism``: the GAN's critic on top of
             the sampling pass).
         max_memory: bound in bytes on the working set; larger requests are processed in chunks of branches.
@@ -198,6 +203,14 @@ def forecast(
     if policy is not None and actions is not None:
         raise ForecastError("give either a policy (closed loop) or an actions plan (open loop), not both")
     plan = None if actions is None else _check_plan(actions, batch, horizon, space)
+    if noise is not None and noise_correlation not in (None, 0.0):
+        raise ForecastError(
+            f"noise / noise_correlation: a fixed noise array fixes every step; got noise_correlation="
+            f"{noise_correlation!r} as well"
+        )
+    rho = _check_correlation(
+        getattr(model, "noise_correlation", 0.0) if noise_correlation is None else noise_correlation
+    )
     fixed_noise = None
     if noise is not None:
         try:
@@ -232,6 +245,7 @@ def forecast(
         b_idx, n_idx = rows // num_samples, rows % num_samples  # branch (b, n) of each row
         obs = torch.as_tensor(start[b_idx], device=device)  # M x obs_dim
         live = torch.ones(len(rows), dtype=torch.bool, device=device)
+        z = None  # the rows' AR(1) noise (rho > 0)
         for t in range(horizon):
             # ---- actions for this step: plan, policy, or uniform random ---------------------------------------
             if plan is not None:
@@ -241,9 +255,14 @@ def forecast(
             else:
                 action_np = _random_actions(space, len(rows), rng)
             action = torch.as_tensor(action_np, device=device)
-            step_noise = (
-                None if fixed_noise is None else torch.as_tensor(fixed_noise[b_idx, n_idx, t], device=device)
-            )
+            if fixed_noise is not None:
+                step_noise = torch.as_tensor(fixed_noise[b_idx, n_idx, t], device=device)
+            elif rho > 0.0:
+                eps = torch.randn(len(rows), model.noise_dim, generator=generator, device=device)
+                z = eps if z is None else rho * z + math.sqrt(1.0 - rho * rho) * eps
+                step_noise = z
+            else:
+                step_noise = None  # the model draws it from the same generator
             # ---- one batched model step for all M rows --------------------------------------------------------
             with torch.inference_mode():
                 if compute_realism:
@@ -349,6 +368,16 @@ def _allocate(
         "alive": np.zeros((batch, samples, horizon), bool),
         "realism": np.full((batch, samples, horizon), np.nan, np.float32),
     }
+
+
+def _check_correlation(rho: Any) -> float:
+    if (
+        isinstance(rho, bool)
+        or not isinstance(rho, (int, float, np.floating))
+        or not 0.0 <= float(rho) <= 1.0
+    ):
+        raise ForecastError(f"noise_correlation: expected a number in [0, 1], got {rho!r}")
+    return float(rho)
 
 
 def _rows_per_chunk(max_memory: int, horizon: int, obs_dim: int, act_shape: tuple, noise_dim: int) -> int:

@@ -266,7 +266,7 @@ def one_step_metrics(
     return out
 
 
-def _episode_windows(batch: Any, k: int, max_windows: int, seed: int) -> np.ndarray:
+def episode_windows(batch: Any, k: int, max_windows: int, seed: int) -> np.ndarray:
     """Row indices W x k of contiguous k-step stretches lying inside one episode."""
     episode = batch.episode
     # start row i is valid when rows i .. i+k-1 belong to one episode (rows are sorted by episode, then step)
@@ -305,7 +305,7 @@ def rollout_errors(
     generator = torch.Generator(device=device).manual_seed(seed)
     out: dict[str, float] = {}
     for k in horizons:
-        windows = _episode_windows(batch, k, max_windows, seed)
+        windows = episode_windows(batch, k, max_windows, seed)
         out[f"rollout_windows/k{k}"] = float(len(windows))
         if len(windows) == 0:
             out[f"rollout_mse/k{k}"] = float("nan")

@@ -212,6 +212,8 @@ class ConditionalGAN(nn.Module):
         self.discriminator = Discriminator(obs_dim, action_dim, config)
         # Sorted discriminator scores of real validation transitions: realism = the fraction scoring lower.
         self.register_buffer("realism_reference", torch.zeros(0))
+        # Step-to-step correlation of the noise in forecasts (simgan.forecast_calibration; set by training).
+        self.noise_correlation = 0.0
 
     @property
     def device(self) -> torch.device:
@@ -385,6 +387,7 @@ class ConditionalGAN(nn.Module):
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"model.json: cannot read the GAN's model config ({exc})") from exc
         model = cls(files.info, config)
+        model.noise_correlation = float(files.config.get("noise_correlation", 0.0))  # older models: 0
         try:
             model.load_tensors(files.tensors)
         except SimganError as exc:

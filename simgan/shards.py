@@ -242,6 +242,7 @@ def sharded_forecast(
     num_samples: int,
     policy: Callable[[Any, int], Callable[[np.ndarray], np.ndarray]] | None = None,
     seed: int = 0,
+    noise_correlation: float | None = None,
     compute_realism: bool = True,
     max_memory: int | None = None,
     device: str = "cpu",
@@ -263,7 +264,8 @@ def sharded_forecast(
         policy: None (uniform random actions, seeded), or a picklable factory ``(model, k) -> policy`` that shard
             k calls with its loaded model (e.g. ``functools.partial`` of a function that loads a saved agent there
             and gives its action sampling a stream of its own for k > 0).
-        seed, compute_realism, max_memory: as for :func:`simgan.forecast`, per shard (``max_memory``: bytes).
+        seed, noise_correlation, compute_realism, max_memory: as for :func:`simgan.forecast`, per shard
+            (``max_memory``: bytes; ``noise_correlation`` None: the stored model's calibrated value).
         device: where each shard simulates.
         workers, address, gpus_per_shard: as for :func:`run_shards`.
 
@@ -284,6 +286,7 @@ def sharded_forecast(
         "states": np.asarray(states, np.float32),
         "policy": policy,
         "horizon": horizon,
+        "noise_correlation": noise_correlation,
         "compute_realism": compute_realism,
         "max_memory": DEFAULT_MAX_MEMORY if max_memory is None else max_memory,
         "device": device,

@@ -35,6 +35,7 @@ from simgan.data import Dataset, TransitionBatch
 from simgan.data_parallel import SINGLE_PROCESS, DistContext, fit_normalizer, model_info
 from simgan.device import resolve_device
 from simgan.errors import SimganError
+from simgan.forecast_calibration import calibrate_noise_correlation
 from simgan.fsutil import atomic_write_bytes
 from simgan.models import ConditionalGAN
 from simgan.train_config import DEFAULT_STEPS, TrainConfig
@@ -264,13 +265,20 @@ def train(
 
     def save_checkpoint(directory: Path, metrics: dict[str, Any]) -> None:
         model.calibrate_realism(dataset.validation)
+        model.noise_correlation, coverage = calibrate_noise_correlation(
+            model, dataset.validation, seed=config.seed
+        )
         save_model(
             directory,
             kind="gan",
-            config={"model": model.config.to_json(), "train": config.to_json()},
+            config={
+                "model": model.config.to_json(),
+                "train": config.to_json(),
+                "noise_correlation": model.noise_correlation,
+            },
             info=info,
             tensors=model.state_tensors(),
-            metrics=metrics,
+            metrics={**metrics, "forecast_band_coverage": coverage},
         )
 
     # ---- the loop ------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ Conventions (all tensors batched, on ``model.device``):
     realism   B float32 in [0, 1]: calibrated so that on real held-out transitions it is roughly uniform
               (the fraction of real validation transitions that scored lower). A threshold of 0.01 therefore
               flags transitions less plausible than 99 % of real ones, whatever the model type.
+
+Optional: ``noise_correlation`` (float in [0, 1]), how forecasts carry a branch's noise from step to step
+(:mod:`simgan.forecast_calibration`); models without it forecast with independent noise per step.
 """
 
 from __future__ import annotations

@@ -40,6 +40,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "--max-memory", type=float, default=512, help="MiB of working memory; bigger requests run in chunks"
     )
     parser.add_argument(
+        "--noise-correlation",
+        type=float,
+        default=None,
+        help="0..1: how a future's model noise carries over from step to step (0: independent, 1: one draw per "
+        "future); default: the value calibrated on held-out episodes at training time",
+    )
+    parser.add_argument(
         "--no-realism", action="store_true", help="skip the realism score of each step (faster)"
     )
     parser.add_argument(
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             horizon=args.horizon,
             num_samples=args.samples,
             seed=args.seed,
+            noise_correlation=args.noise_correlation,
             compute_realism=not args.no_realism,
             max_memory=int(args.max_memory * 2**20),
             progress=True,
@@ -119,6 +127,7 @@ def _sharded_forecast(args: argparse.Namespace, states):
         num_samples=args.samples,
         policy=policy,
         seed=args.seed,
+        noise_correlation=args.noise_correlation,
         compute_realism=not args.no_realism,
         max_memory=int(args.max_memory * 2**20),
         device=device,
