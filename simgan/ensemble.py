@@ -36,7 +36,13 @@ from simgan.checkpoint import CheckpointError, ModelFiles, save_model
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation
-from simgan.world_model import CONSTANT_COLUMN_STD, ModelInfo, encode_action, transition_tensors
+from simgan.world_model import (
+    CONSTANT_COLUMN_STD,
+    ModelInfo,
+    encode_action,
+    realism_from_scores,
+    transition_tensors,
+)
 
 
 class EnsembleError(SimganError, ValueError):
@@ -243,7 +249,12 @@ class GaussianEnsemble(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`sample` plus the :meth:`realism` of the sampled transitions, from the same ensemble pass."""
         next_obs, reward, terminated, target, mean, logvar = self._draw(obs, action, noise, generator)
-        return next_obs, reward, terminated, self._calibrated(self._mixture_log_density(target, mean, logvar))
+        return (
+            next_obs,
+            reward,
+            terminated,
+            realism_from_scores(self.realism_reference, self._mixture_log_density(target, mean, logvar)),
+        )
 
     @torch.no_grad()
     def mean(
@@ -275,21 +286,12 @@ class GaussianEnsemble(nn.Module):
         ).sum(-1)
         return torch.logsumexp(per_member, dim=0) - math.log(len(self.elite_index))
 
-    def _calibrated(self, scores: torch.Tensor) -> torch.Tensor:
-        """Log-densities -> realism in [0, 1]: the fraction of real validation transitions scoring lower."""
-        if self.realism_reference.numel() == 0:
-            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
-        index = torch.searchsorted(
-            self.realism_reference, scores.to(self.realism_reference.dtype).contiguous()
-        )
-        return index.to(torch.float32) / self.realism_reference.numel()
-
     @torch.no_grad()
     def realism(
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
     ) -> torch.Tensor:
         """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
-        return self._calibrated(self.log_density(obs, action, next_obs, reward))
+        return realism_from_scores(self.realism_reference, self.log_density(obs, action, next_obs, reward))
 
     @torch.no_grad()
     def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:

@@ -30,7 +30,13 @@ from torch import nn
 from simgan.checkpoint import ModelFiles
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
-from simgan.world_model import CONSTANT_COLUMN_STD, ModelInfo, encode_action, transition_tensors
+from simgan.world_model import (
+    CONSTANT_COLUMN_STD,
+    ModelInfo,
+    encode_action,
+    realism_from_scores,
+    transition_tensors,
+)
 
 _MIN_RESIDUAL_SCALE = 1e-3
 _INV_SQRT2 = 0.7071067811865476
@@ -293,7 +299,12 @@ class ConditionalGAN(nn.Module):
         residual the generator produced, so no second mean-head pass is needed.
         """
         next_obs, reward, terminated, cond, residual = self._generate(obs, action, noise, generator)
-        return next_obs, reward, terminated, self._calibrated(self._judge(cond, residual))
+        return (
+            next_obs,
+            reward,
+            terminated,
+            realism_from_scores(self.realism_reference, self._judge(cond, residual)),
+        )
 
     @torch.no_grad()
     def mean(
@@ -324,14 +335,6 @@ class ConditionalGAN(nn.Module):
         self.discriminator.train(was_training)
         return scores
 
-    def _calibrated(self, scores: torch.Tensor) -> torch.Tensor:
-        """Raw scores -> realism in [0, 1]: the fraction of real validation transitions scoring lower."""
-        reference = self.realism_reference
-        if reference.numel() == 0:
-            raise SimganError("realism: this model has no calibration scores (train it with validation data)")
-        index = torch.searchsorted(reference, scores.to(reference.dtype).contiguous(), right=False)
-        return index.to(torch.float32) / reference.numel()
-
     @torch.no_grad()
     def score(
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
@@ -346,7 +349,7 @@ class ConditionalGAN(nn.Module):
         self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
     ) -> torch.Tensor:
         """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
-        return self._calibrated(self.score(obs, action, next_obs, reward))
+        return realism_from_scores(self.realism_reference, self.score(obs, action, next_obs, reward))
 
     @torch.no_grad()
     def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:

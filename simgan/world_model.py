@@ -26,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from simgan.errors import SimganError
 from simgan.spaces import action_dim, space_from_dict, space_to_dict
 
 # A data column whose std is below this is constant (CartPole's reward of 1): every model's normaliser and the
@@ -157,6 +158,15 @@ class WorldModel(Protocol):
         ...
 
     def to(self, device: torch.device | str) -> WorldModel: ...
+
+
+def realism_from_scores(reference: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Scores (B, higher = more real) -> realism in [0, 1]: the fraction of the sorted ``reference`` (the scores of
+    real validation transitions) below each one."""
+    if reference.numel() == 0:
+        raise SimganError("realism: this model has no calibration scores (train it with validation data)")
+    index = torch.searchsorted(reference, scores.to(reference.dtype).contiguous(), right=False)
+    return index.to(torch.float32) / reference.numel()
 
 
 def encode_action(action: torch.Tensor, action_space: gym.Space) -> torch.Tensor:
