@@ -162,6 +162,8 @@ def test_training_stores_the_calibrated_correlation(tmp_path, capsys) -> None:
     for rho, out in ((None, "stored"), (other, "override")):
         extra = [] if rho is None else ["--noise-correlation", str(rho)]
         assert main([*flags, *extra, "--out", str(tmp_path / out)]) == 0
+        shown = model.noise_correlation if rho is None else rho
+        assert f"noise correlation over steps: {shown:g}" in capsys.readouterr().out
         expected = forecast(
             model, [1.0, 0.0, 0.0], horizon=5, num_samples=20, noise_correlation=rho, compute_realism=False
         )

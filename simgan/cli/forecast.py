@@ -97,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
             max_memory=int(args.max_memory * 2**20),
             progress=True,
         )
+    if args.noise_correlation is None:
+        rho = getattr(model, "noise_correlation", 0.0)
+        print(f"noise correlation over steps: {rho:g} (calibrated when the model was trained)")
+    else:
+        print(f"noise correlation over steps: {args.noise_correlation:g} (--noise-correlation)")
     print(summary_table(result))
     if args.out:
         out = Path(args.out)
