@@ -263,11 +263,15 @@ def train(
             ),
         )
 
-    def save_checkpoint(directory: Path, metrics: dict[str, Any]) -> None:
+    def calibrate() -> dict[str, Any]:
+        """Realism reference and forecast noise correlation of the model as it is now (once per evaluation)."""
         model.calibrate_realism(dataset.validation)
         model.noise_correlation, coverage = calibrate_noise_correlation(
             model, dataset.validation, seed=config.seed
         )
+        return {"forecast_band_coverage": coverage}
+
+    def save_checkpoint(directory: Path, metrics: dict[str, Any]) -> None:
         save_model(
             directory,
             kind="gan",
@@ -278,7 +282,7 @@ def train(
             },
             info=info,
             tensors=model.state_tensors(),
-            metrics={**metrics, "forecast_band_coverage": coverage},
+            metrics=metrics,
         )
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -389,6 +393,7 @@ def train(
                 state["step"] = done_steps
                 state["elapsed"] = time.perf_counter() - started
                 _update_alarms(state, metrics, config, writer, done_steps)
+                calibration = calibrate()  # both checkpoints below hold this same model state
                 if metrics["energy_score"] < state["best_score"]:
                     state.update(
                         best_score=metrics["energy_score"],
@@ -396,7 +401,7 @@ def train(
                         evals_since_best=0,
                         time_to_best=state["elapsed"],
                     )
-                    save_checkpoint(out, _final_metrics(metrics, state))
+                    save_checkpoint(out, {**_final_metrics(metrics, state), **calibration})
                     if evaluator.figure_png is not None:  # the best model's samples, for people to look at
                         atomic_write_bytes(out / FIGURE_FILE, evaluator.figure_png)
                 else:
@@ -405,7 +410,7 @@ def train(
                 stop = 0 < config.early_stop_evals <= state["evals_since_best"]
                 if stop:
                     total_steps = done_steps
-                save_checkpoint(out / LAST_DIR, _final_metrics(metrics, state))
+                save_checkpoint(out / LAST_DIR, {**_final_metrics(metrics, state), **calibration})
                 save_train_state(
                     out / LAST_DIR,
                     {
