@@ -140,6 +140,17 @@ def load_model_files(directory: str | Path) -> ModelFiles:
     )
 
 
+def stored_noise_correlation(files: ModelFiles) -> float:
+    """The forecast noise correlation saved in ``model.json`` (``config.noise_correlation``; 0 when absent, as in
+    models saved before it existed), checked to be a number in [0, 1]."""
+    rho = files.config.get("noise_correlation", 0.0)
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
+        raise CheckpointError(
+            f"{MODEL_JSON}: config.noise_correlation: expected a number in [0, 1], got {rho!r}"
+        )
+    return float(rho)
+
+
 def load_model(directory: str | Path, device: str | torch.device = "auto") -> WorldModel:
     """Rebuild a model (GAN or ensemble) from its directory alone, on any device."""
     from simgan.device import resolve_device

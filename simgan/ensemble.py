@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simgan.checkpoint import CheckpointError, ModelFiles, save_model
+from simgan.checkpoint import CheckpointError, ModelFiles, save_model, stored_noise_correlation
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation
@@ -330,7 +330,7 @@ class GaussianEnsemble(nn.Module):
         except (KeyError, TypeError, SimganError) as exc:
             raise CheckpointError(f"model.json: cannot read the ensemble's config ({exc})") from exc
         model = cls(files.info, config)
-        model.noise_correlation = float(files.config.get("noise_correlation", 0.0))  # older models: 0
+        model.noise_correlation = stored_noise_correlation(files)
         tensors = dict(files.tensors)
         model.realism_reference = torch.empty_like(tensors.get("realism_reference", torch.zeros(0)))
         try:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from simgan.checkpoint import ModelFiles
+from simgan.checkpoint import ModelFiles, stored_noise_correlation
 from simgan.data import TransitionBatch
 from simgan.errors import SimganError
 from simgan.world_model import (
@@ -390,7 +390,7 @@ class ConditionalGAN(nn.Module):
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"model.json: cannot read the GAN's model config ({exc})") from exc
         model = cls(files.info, config)
-        model.noise_correlation = float(files.config.get("noise_correlation", 0.0))  # older models: 0
+        model.noise_correlation = stored_noise_correlation(files)
         try:
             model.load_tensors(files.tensors)
         except SimganError as exc:

@@ -170,3 +170,22 @@ def test_training_stores_the_calibrated_correlation(tmp_path, capsys) -> None:
         np.testing.assert_array_equal(Forecast.load(tmp_path / out).observations, expected.observations)
     assert main([*flags, "--noise-correlation", "2"]) == 2
     assert "noise_correlation: expected a number in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stored", ["0.5", 1.5, None, True])
+def test_a_bad_stored_noise_correlation_names_model_json(tmp_path, stored) -> None:
+    """A hand-edited model.json with a bad value gets a CheckpointError naming the field, never a bare
+    ValueError, and the model directory is left as it was."""
+    from simgan.checkpoint import CheckpointError
+
+    torch.set_num_threads(1)
+    data = simgan.collect("Pendulum-v1", steps=300, workers=0, out=tmp_path / "data", seed=0, progress=False)
+    train(data, tmp_path / "gan", TINY_GAN, progress=False)
+    path = tmp_path / "gan" / "model.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["noise_correlation"] = stored
+    path.write_text(json.dumps(meta))
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"config.noise_correlation: expected a number in \[0, 1\]"):
+        load_model(tmp_path / "gan")
+    assert path.read_bytes() == before
