@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -50,6 +50,8 @@ class Forecast:
         alive: B x N x H, True where the branch was live when the step was taken.
         realism: B x N x H, the model's calibrated realism score of each step (NaN where not alive or not
             computed).
+        noise_correlation: the rho the model noise was carried over steps with (0: independent steps; see
+            :func:`forecast`); 0 when noise was fixed by the caller, and for files saved before it was recorded.
     """
 
     start_states: np.ndarray
@@ -59,6 +61,17 @@ class Forecast:
     terminated: np.ndarray
     alive: np.ndarray
     realism: np.ndarray
+    noise_correlation: float = 0.0
+
+    ARRAYS: ClassVar[tuple[str, ...]] = (
+        "start_states",
+        "observations",
+        "actions",
+        "rewards",
+        "terminated",
+        "alive",
+        "realism",
+    )
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -112,7 +125,13 @@ class Forecast:
                 }
             )
         batch, samples, horizon = self.shape
-        return {"num_states": batch, "num_samples": samples, "horizon": horizon, "states": per_state}
+        return {
+            "num_states": batch,
+            "num_samples": samples,
+            "horizon": horizon,
+            "noise_correlation": self.noise_correlation,
+            "states": per_state,
+        }
 
     def save(self, directory: str | Path) -> None:
         """Write ``forecast.npz`` (all arrays, no pickle) and ``forecast.json`` (summary) atomically."""
@@ -121,7 +140,8 @@ class Forecast:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.savez(buffer, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+        arrays = {k: getattr(self, k) for k in self.ARRAYS}
+        np.savez(buffer, **arrays, noise_correlation=np.float64(self.noise_correlation))
         atomic_write_bytes(directory / "forecast.npz", buffer.getvalue())
         atomic_write_json(directory / "forecast.json", self.summary())
 
@@ -142,17 +162,23 @@ class Forecast:
                 raise ForecastError(
                     "concatenate: expected forecasts of the same start states, got different ones"
                 )
+            if part.noise_correlation != first.noise_correlation:
+                raise ForecastError(
+                    f"concatenate: expected forecasts of the same noise correlation, got "
+                    f"{part.noise_correlation} and {first.noise_correlation}"
+                )
         arrays = {
             name: np.concatenate([getattr(part, name) for part in parts], axis=1)
-            for name in cls.__dataclass_fields__
+            for name in cls.ARRAYS
             if name != "start_states"
         }
-        return cls(start_states=first.start_states, **arrays)
+        return cls(start_states=first.start_states, noise_correlation=first.noise_correlation, **arrays)
 
     @classmethod
     def load(cls, directory: str | Path) -> Forecast:
         with np.load(Path(directory) / "forecast.npz", allow_pickle=False) as npz:
-            return cls(**{k: npz[k] for k in cls.__dataclass_fields__})
+            rho = float(npz["noise_correlation"]) if "noise_correlation" in npz.files else 0.0
+            return cls(**{k: npz[k] for k in cls.ARRAYS}, noise_correlation=rho)
 
 
 def forecast(
@@ -284,7 +310,8 @@ def forecast(
                 flat["realism"][lo:hi, t] = torch.where(live, score, torch.nan).cpu().numpy()
             live = live & ~terminated
             obs = next_obs
-    return Forecast(start_states=start, **out)
+    used = 0.0 if fixed_noise is not None else rho  # fixed noise: the caller chose every step's draw
+    return Forecast(start_states=start, **out, noise_correlation=used)
 
 
 # -----------------------------------------------------------------------------------------------------------------

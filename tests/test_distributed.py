@@ -417,7 +417,8 @@ def test_forecast_shards(
         alone = forecast(
             model, sharded.start_states, policy=policy, horizon=6, num_samples=hi - lo, seed=11 + k
         )
-        for name in Forecast.__dataclass_fields__:
+        assert sharded.noise_correlation == alone.noise_correlation == model.noise_correlation
+        for name in Forecast.ARRAYS:
             part = getattr(sharded, name) if name == "start_states" else getattr(sharded, name)[:, lo:hi]
             np.testing.assert_array_equal(part, getattr(alone, name), err_msg=f"shard {k}: {name}")
 

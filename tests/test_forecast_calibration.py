@@ -13,7 +13,7 @@ import simgan
 from simgan.checkpoint import load_model
 from simgan.data import TransitionBatch
 from simgan.forecast_calibration import CANDIDATES, band_coverage, calibrate_noise_correlation
-from simgan.forecasting import ForecastError, forecast
+from simgan.forecasting import Forecast, ForecastError, forecast
 from simgan.training import train
 from tests.worldmodels import SCALE_NOISE, LinearModel
 
@@ -67,6 +67,34 @@ def test_the_models_calibrated_value_is_the_default() -> None:
         noise_correlation=1.0,
     )
     np.testing.assert_array_equal(by_default.observations, explicit.observations)
+
+
+def test_the_forecast_records_the_correlation_it_used_in_its_files(tmp_path) -> None:
+    model = LinearModel()
+    model.noise_correlation = 0.9
+    calibrated = forecast(model, [0.0, 0.0, 0.0], actions=ZERO_PLAN, horizon=12, num_samples=4, seed=1)
+    override = forecast(
+        model, [0.0, 0.0, 0.0], actions=ZERO_PLAN, horizon=12, num_samples=4, seed=1, noise_correlation=0.5
+    )
+    fixed = forecast(model, [0.0, 0.0, 0.0], actions=ZERO_PLAN, horizon=12, num_samples=4, noise=0.0)
+    assert (calibrated.noise_correlation, override.noise_correlation, fixed.noise_correlation) == (
+        0.9,
+        0.5,
+        0.0,
+    )
+    override.save(tmp_path)
+    assert Forecast.load(tmp_path).noise_correlation == 0.5
+    assert json.loads((tmp_path / "forecast.json").read_text())["noise_correlation"] == 0.5
+    with pytest.raises(ForecastError, match="same noise correlation"):
+        Forecast.concatenate([calibrated, override])
+
+
+def test_a_forecast_file_from_before_the_correlation_was_recorded_loads_as_independent(tmp_path) -> None:
+    result = forecast(LinearModel(), [0.0, 0.0, 0.0], actions=ZERO_PLAN[:3], horizon=3, num_samples=2, seed=0)
+    np.savez(tmp_path / "forecast.npz", **{k: getattr(result, k) for k in Forecast.ARRAYS})  # the old layout
+    loaded = Forecast.load(tmp_path)
+    assert loaded.noise_correlation == 0.0
+    np.testing.assert_array_equal(loaded.observations, result.observations)
 
 
 @pytest.mark.parametrize("rho", [-0.1, 1.5, True, "0.5", float("nan")])
