@@ -53,6 +53,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--gan-steps", type=int, default=4000, help="GAN generator steps")
     p.add_argument(
+        "--gan-mean-hidden",
+        type=int,
+        nargs="+",
+        default=None,
+        help="GAN mean-head hidden sizes, for architecture studies (default: TrainConfig's)",
+    )
+    p.add_argument(
         "--ensemble-steps", type=int, default=4000, help="ensemble optimiser steps (early stopping on)"
     )
     p.add_argument(
@@ -95,12 +102,13 @@ def train_pair(dataset, env_id: str, seed: int, args: argparse.Namespace, root: 
     from simgan.training import train
 
     runs: dict[str, Any] = {}
+    shape = {} if args.gan_mean_hidden is None else {"mean_hidden": tuple(args.gan_mean_hidden)}
     gan_dir = root / "runs" / f"{slug(env_id)}__gan__{seed}"
     start = time.perf_counter()
     gan = train(
         dataset,
         gan_dir,
-        TrainConfig(steps=args.gan_steps, seed=seed, device=args.device, figures=False),
+        TrainConfig(steps=args.gan_steps, seed=seed, device=args.device, figures=False, **shape),
         overwrite=True,
         progress=False,
     )

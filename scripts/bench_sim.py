@@ -112,9 +112,9 @@ def model_info_from_env(env_id: str, rollout_steps: int = 2000) -> ModelInfo:
     return info
 
 
-def fresh_gan(info: ModelInfo, device: torch.device) -> ConditionalGAN:
+def fresh_gan(info: ModelInfo, device: torch.device, config: ModelConfig | None = None) -> ConditionalGAN:
     torch.manual_seed(0)
-    model = ConditionalGAN(info, ModelConfig())  # the defaults `simgan train` builds
+    model = ConditionalGAN(info, config or ModelConfig())  # default: what `simgan train` builds
     # An untrained model has no calibration scores; any sorted reference gives realism the same cost.
     model.realism_reference = torch.sort(torch.randn(4096)).values
     return model.to(device).eval()
@@ -207,9 +207,17 @@ def main() -> int:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument(
+        "--mean-hidden",
+        type=int,
+        nargs="+",
+        default=None,
+        help="mean-head hidden sizes, for architecture studies (default: simgan train's)",
+    )
+    parser.add_argument(
         "--out", default=str(ROOT / "results" / "bench_sim"), help="output path without suffix"
     )
     args = parser.parse_args()
+    config = ModelConfig() if args.mean_hidden is None else ModelConfig(mean_hidden=tuple(args.mean_hidden))
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -228,7 +236,7 @@ def main() -> int:
     rows = []
     for env_id in args.envs:
         info = model_info_from_env(env_id)
-        model = fresh_gan(info, device)
+        model = fresh_gan(info, device, config)
         for precision, num_envs, realism in itertools.product(args.precisions, args.num_envs, (True, False)):
             dtype = getattr(torch, precision)
             shapes = linear_shapes(model, realism)
@@ -269,7 +277,9 @@ def main() -> int:
         "gymnasium": gym.__version__,
         "platform": platform.platform(),
         "processor": platform.processor(),
-        "model": f"ConditionalGAN({ModelConfig()}) (simgan train's defaults), freshly initialised weights",
+        "model": f"ConditionalGAN({config})"
+        + (" (simgan train's defaults)" if config == ModelConfig() else "")
+        + ", freshly initialised weights",
         "baselines_transitions_per_s": {k: v[1] for k, v in baselines.items()},
         "baseline_measurements": baseline_runs,
         "seconds_per_measurement": args.seconds,
