@@ -45,9 +45,10 @@ from simgan.data import (
 )
 from simgan.data_parallel import DistContext
 from simgan.errors import SimganError
+from simgan.run_directory import LAST_DIR, prepare_run_directory
 from simgan.shards import sharded_forecast, sharded_rollouts  # noqa: F401 (re-exported, as in the README)
 from simgan.train_config import TrainConfig
-from simgan.training import LAST_DIR, prepare_run_directory, train
+from simgan.training import train
 
 # Test hook: "RANK:N" makes worker RANK exit abruptly at its N-th gradient all-reduce of a fresh (not resumed) run.
 FAULT_ENV = "SIMGAN_TEST_KILL_WORKER"

@@ -12,16 +12,16 @@ The same loop runs data-parallel: given a :class:`DistContext` (``simgan.distrib
 Train worker), every rank samples its batches from its own slice of the data (batch RNG seeded ``seed + rank``),
 gradients are averaged across ranks before clipping, the residual scale's EMA uses the batch RMS averaged over
 ranks, and rank 0 alone evaluates and writes checkpoints and TensorBoard. Without one, nothing changes.
+
+Validation scoring lives in :mod:`simgan.training_eval`; the run directory's checks and the resume point in
+:mod:`simgan.run_directory`.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import random
-import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from simgan import losses
-from simgan.checkpoint import load_model_files, load_train_state, save_model, save_train_state
+from simgan.checkpoint import load_model, save_model
 from simgan.data import Dataset, TransitionBatch
 from simgan.data_parallel import SINGLE_PROCESS, DistContext, fit_normalizer, model_info
 from simgan.device import resolve_device
@@ -38,106 +38,21 @@ from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation
 from simgan.fsutil import atomic_write_bytes
 from simgan.models import ConditionalGAN
+from simgan.run_directory import (
+    FIGURE_FILE,
+    LAST_DIR,
+    RunDirectoryError,
+    prepare_run_directory,
+    restore_resume_point,
+    resume_config,
+    save_resume_point,
+)
 from simgan.train_config import DEFAULT_STEPS, TrainConfig
-
-LAST_DIR = "last"
-FIGURE_FILE = "generated_vs_real.png"
+from simgan.training_eval import Evaluator, update_alarms
 
 
 class TrainingDivergedError(SimganError):
     """A loss or gradient became non-finite; training stopped and nothing non-finite was saved."""
-
-
-class RunDirectoryError(SimganError):
-    """The output directory cannot be used as asked (not empty without resume/overwrite, nothing to resume)."""
-
-
-def check_run_directory(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Raise :class:`RunDirectoryError` if ``out`` cannot be used as asked; touches nothing."""
-    if resume and overwrite:
-        raise RunDirectoryError("resume / overwrite: expected at most one of them, got both")
-    if resume:
-        if not (out / LAST_DIR / "train_state.pt").is_file():
-            raise RunDirectoryError(
-                f"{out}: --resume expected {out / LAST_DIR / 'train_state.pt'}, found nothing"
-            )
-        return
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"{out}: expected a directory, got a file")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise RunDirectoryError(
-                f"{out}: expected an empty or new directory, got a non-empty one (pass --resume or --overwrite)"
-            )
-        if not ((out / "model.json").exists() or (out / LAST_DIR).exists() or (out / "tb").exists()):
-            raise RunDirectoryError(
-                f"{out}: --overwrite refused, the directory does not look like a simgan run"
-            )
-
-
-def prepare_run_directory(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check ``out`` (see :func:`check_run_directory`); with ``overwrite``, delete the old run first."""
-    check_run_directory(out, resume=resume, overwrite=overwrite)
-    if overwrite and out.is_dir() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def saved_config(out: Path) -> TrainConfig:
-    """The config a run in ``out`` was trained with (from ``out/last/model.json``)."""
-    return TrainConfig.from_json(load_model_files(Path(out) / LAST_DIR).config["train"])
-
-
-def _resume_config(out: Path, config: TrainConfig | None) -> TrainConfig:
-    """The saved run's config; a given ``config`` may change the budget and device, never the architecture."""
-    saved = saved_config(out)
-    if config is None:
-        return saved
-    if config.model_config() != saved.model_config():
-        raise RunDirectoryError(
-            f"{out}: resume expected the saved architecture {saved.model_config()}, got {config.model_config()}"
-        )
-    return config
-
-
-def _grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    return torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else math.inf)
-
-
-def _check_finite(step: int, **values: torch.Tensor) -> None:
-    for name, value in values.items():
-        if not bool(torch.isfinite(value).all()):
-            raise TrainingDivergedError(
-                f"step {step}: {name} is {float(value)}; training stopped (lower the learning rates, or try "
-                "--loss wgan-gp / --spectral-norm). No checkpoint with non-finite weights was written."
-            )
-
-
-def _rng_states(rng: torch.Generator) -> dict[str, Any]:
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    return {
-        "batch_rng": rng.get_state(),
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": pos,
-            "has_gauss": has_gauss,
-            "cached": cached,
-        },
-        "python": {"version": version, "state": list(py_state), "gauss": gauss},
-    }
-
-
-def _restore_rng_states(rng: torch.Generator, states: dict[str, Any]) -> None:
-    rng.set_state(states["batch_rng"])
-    torch.set_rng_state(states["torch"])
-    n = states["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
-    )
-    p = states["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
 def train(
@@ -169,7 +84,7 @@ def train(
     out = Path(out)
     if dist.is_writer:
         prepare_run_directory(out, resume=resume, overwrite=overwrite)
-    config = _resume_config(out, config) if resume else (config or TrainConfig())
+    config = resume_config(out, config) if resume else (config or TrainConfig())
     if len(dataset.validation) == 0:
         raise SimganError(
             f"{dataset.path}: expected validation episodes, got none (use validation_fraction > 0)"
@@ -185,18 +100,10 @@ def train(
     fit_normalizer(model, dataset.train, info, dist)
     model.to(device).train()
     dist.broadcast_parameters(model)  # same seed, same init; this makes it certain
-    gen, disc, norm = model.generator, model.discriminator, model.normalizer
+    gen, disc = model.generator, model.discriminator
 
-    train_split = dataset.train
-    obs = torch.as_tensor(train_split.obs, device=device)
-    with torch.no_grad():
-        train_cond = model.condition(obs, torch.as_tensor(train_split.action, device=device))  # N x (O + A)
-        train_target = norm.target(
-            obs,
-            torch.as_tensor(train_split.next_obs, device=device),
-            torch.as_tensor(train_split.reward, device=device),
-        )  # N x T
-    train_done = torch.as_tensor(train_split.terminated, dtype=torch.float32, device=device)  # N
+    # N x (O + A) conditions, N x T normalised targets, N termination flags
+    train_cond, train_target, train_done = _training_tensors(model, dataset.train, device)
     num_train, target_dim = train_target.shape
     # the same step count on every rank: --epochs counts passes of the global batch over all ranks' rows
     total_steps = config.total_steps(
@@ -207,16 +114,11 @@ def train(
     mean_params = list(gen.mean_net.parameters())
     residual_params = list(gen.residual_net.parameters())
     disc_params = list(disc.parameters())
-    opt_g = torch.optim.Adam(
-        [
-            {"params": mean_params, "lr": config.lr_mean},
-            {"params": residual_params, "lr": config.lr_g, "betas": (0.5, 0.9)},
-        ]
-    )
-    opt_d = torch.optim.Adam(disc_params, lr=config.lr_d, betas=(0.5, 0.9))
+    opt_g, opt_d = _optimizers(config, mean_params, residual_params, disc_params)
     rng = torch.Generator(device=device).manual_seed(config.seed + dist.rank)
     evaluator = Evaluator(model, dataset.validation, config, device) if dist.is_writer else None
 
+    # ---- counters; on resume, weights, optimisers, RNG states and counters from out/last/ --------------------
     state: dict[str, Any] = {
         "step": 0,
         "best_score": math.inf,
@@ -229,21 +131,11 @@ def train(
         "alarms": [],
     }
     if resume:
-        files = load_model_files(out / LAST_DIR)
-        if files.info.dataset_sha256 != info.dataset_sha256:
-            raise RunDirectoryError(
-                f"{out}: resume expected the dataset the run was trained on (manifest sha256 "
-                f"{files.info.dataset_sha256[:16]}...), got {dataset.path} ({info.dataset_sha256[:16]}...)"
+        state.update(
+            restore_resume_point(
+                out, model, opt_g, opt_d, rng, dataset=dataset, seed=config.seed, dist=dist, device=device
             )
-        model.load_tensors({name: t.to(device) for name, t in files.tensors.items()})
-        saved = load_train_state(out / LAST_DIR)
-        opt_g.load_state_dict(saved["opt_g"])
-        opt_d.load_state_dict(saved["opt_d"])
-        if dist.is_writer:
-            _restore_rng_states(rng, saved["rng"])
-        else:  # only rank 0's RNG states are saved; the others draw fresh batches after a resume
-            rng.manual_seed(config.seed + dist.rank + dist.world_size * saved["counters"]["step"])
-        state.update(saved["counters"])
+        )
     writer = (
         SummaryWriter(str(out / "tb"), purge_step=state["step"] if resume else None)
         if dist.is_writer
@@ -263,28 +155,6 @@ def train(
             ),
         )
 
-    def calibrate() -> dict[str, Any]:
-        """Realism reference and forecast noise correlation of the model as it is now (once per evaluation)."""
-        model.calibrate_realism(dataset.validation)
-        model.noise_correlation, coverage = calibrate_noise_correlation(
-            model, dataset.validation, seed=config.seed
-        )
-        return {"forecast_band_coverage": coverage}
-
-    def save_checkpoint(directory: Path, metrics: dict[str, Any]) -> None:
-        save_model(
-            directory,
-            kind="gan",
-            config={
-                "model": model.config.to_json(),
-                "train": config.to_json(),
-                "noise_correlation": model.noise_correlation,
-            },
-            info=info,
-            tensors=model.state_tensors(),
-            metrics=metrics,
-        )
-
     # ---- the loop ------------------------------------------------------------------------------------------
     started = time.perf_counter() - state["elapsed"]
     bar = tqdm(
@@ -295,14 +165,8 @@ def train(
         disable=not (progress and dist.is_writer),
         dynamic_ncols=True,
     )
-    base_lrs = list(
-        zip([*opt_g.param_groups, *opt_d.param_groups], [config.lr_mean, config.lr_g, config.lr_d])
-    )
     for step in bar:
-        # ---- learning rates: a function of the step alone (so a resumed run matches a straight one) ----------
-        if config.lr_half_life > 0:
-            for group, base_lr in base_lrs:
-                group["lr"] = base_lr * 0.5 ** (step / config.lr_half_life)
+        _set_learning_rates(opt_g, opt_d, config, step)
         # ---- discriminator: real residual (target - mu) / scale vs generated f(s, a, z) -------------------
         disc.requires_grad_(True)
         for _ in range(config.n_critic):
@@ -392,8 +256,8 @@ def train(
                 metrics = evaluator.evaluate(writer, done_steps)
                 state["step"] = done_steps
                 state["elapsed"] = time.perf_counter() - started
-                _update_alarms(state, metrics, config, writer, done_steps)
-                calibration = calibrate()  # both checkpoints below hold this same model state
+                update_alarms(state, metrics, config, writer, done_steps)
+                calibration = _calibrate(model, dataset.validation, config.seed)  # for both checkpoints below
                 if metrics["energy_score"] < state["best_score"]:
                     state.update(
                         best_score=metrics["energy_score"],
@@ -401,61 +265,119 @@ def train(
                         evals_since_best=0,
                         time_to_best=state["elapsed"],
                     )
-                    save_checkpoint(out, {**_final_metrics(metrics, state), **calibration})
+                    _save_checkpoint(out, model, config, {**_final_metrics(metrics, state), **calibration})
                     if evaluator.figure_png is not None:  # the best model's samples, for people to look at
                         atomic_write_bytes(out / FIGURE_FILE, evaluator.figure_png)
                 else:
                     state["evals_since_best"] += 1
                 writer.add_scalar("eval/best_energy_score", state["best_score"], done_steps)
                 stop = 0 < config.early_stop_evals <= state["evals_since_best"]
-                if stop:
-                    total_steps = done_steps
-                save_checkpoint(out / LAST_DIR, {**_final_metrics(metrics, state), **calibration})
-                save_train_state(
-                    out / LAST_DIR,
-                    {
-                        "opt_g": opt_g.state_dict(),
-                        "opt_d": opt_d.state_dict(),
-                        "rng": _rng_states(rng),
-                        "counters": dict(state),
-                    },
+                _save_checkpoint(
+                    out / LAST_DIR, model, config, {**_final_metrics(metrics, state), **calibration}
                 )
+                save_resume_point(out, opt_g, opt_d, rng, state)
             if dist.broadcast_flag(stop):
                 break
     bar.close()
     if writer is None:
         return model.eval()
     writer.close()
-    from simgan.checkpoint import load_model
-
     return load_model(out, device=device)  # type: ignore[return-value]
 
 
-def _update_alarms(
-    state: dict[str, Any], metrics: dict[str, float], config: TrainConfig, writer, step: int
+def _training_tensors(
+    model: ConditionalGAN, split: TransitionBatch, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training rows on ``device`` as the loop uses them.
+
+    Returns:
+        conditions ``N x (O + A)``, normalised targets ``N x T`` and termination flags ``N`` (float).
+    """
+    obs = torch.as_tensor(split.obs, device=device)
+    with torch.no_grad():
+        cond = model.condition(obs, torch.as_tensor(split.action, device=device))  # N x (O + A)
+        target = model.normalizer.target(
+            obs,
+            torch.as_tensor(split.next_obs, device=device),
+            torch.as_tensor(split.reward, device=device),
+        )  # N x T
+    done = torch.as_tensor(split.terminated, dtype=torch.float32, device=device)  # N
+    return cond, target, done
+
+
+def _optimizers(
+    config: TrainConfig,
+    mean_params: list[torch.nn.Parameter],
+    residual_params: list[torch.nn.Parameter],
+    disc_params: list[torch.nn.Parameter],
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam for the generator (param groups: mean head, residual net) and for the discriminator.
+
+    The GAN parts use betas (0.5, 0.9); the mean head, a plain regression, keeps Adam's defaults.
+    """
+    opt_g = torch.optim.Adam(
+        [
+            {"params": mean_params, "lr": config.lr_mean},
+            {"params": residual_params, "lr": config.lr_g, "betas": (0.5, 0.9)},
+        ]
+    )
+    opt_d = torch.optim.Adam(disc_params, lr=config.lr_d, betas=(0.5, 0.9))
+    return opt_g, opt_d
+
+
+def _set_learning_rates(
+    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, config: TrainConfig, step: int
 ) -> None:
-    """Count evaluations of discriminator domination and mode collapse; warn once each when they persist."""
-    dominated = metrics["d_accuracy"] > 0.99
-    collapsed = metrics["residual_std"] < 0.05
-    state["domination_evals"] = state["domination_evals"] + 1 if dominated else 0
-    state["collapse_evals"] = state["collapse_evals"] + 1 if collapsed else 0
-    writer.add_scalar("charts/discriminator_domination", float(dominated), step)
-    writer.add_scalar("charts/mode_collapse", float(collapsed), step)
-    for name, count, message in (
-        (
-            "discriminator_domination",
-            state["domination_evals"],
-            "the discriminator separates real from generated transitions almost perfectly (D accuracy > 0.99)",
-        ),
-        (
-            "mode_collapse",
-            state["collapse_evals"],
-            "the generated spread at fixed (s, a) collapsed (residual std < 5 % of the real residual's)",
-        ),
-    ):
-        if count >= config.alarm_evals and name not in state["alarms"]:
-            state["alarms"] = [*state["alarms"], name]
-            warnings.warn(f"step {step}: {message} for {count} evaluations", RuntimeWarning, stacklevel=3)
+    """Halve every learning rate each ``lr_half_life`` steps (if > 0).
+
+    A function of the step alone, so a resumed run matches a straight one.
+    """
+    if config.lr_half_life > 0:
+        groups = [*opt_g.param_groups, *opt_d.param_groups]  # mean head, residual net, discriminator
+        for group, base_lr in zip(groups, [config.lr_mean, config.lr_g, config.lr_d]):
+            group["lr"] = base_lr * 0.5 ** (step / config.lr_half_life)
+
+
+def _grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm > 0 else math.inf)
+
+
+def _check_finite(step: int, **values: torch.Tensor) -> None:
+    for name, value in values.items():
+        if not bool(torch.isfinite(value).all()):
+            raise TrainingDivergedError(
+                f"step {step}: {name} is {float(value)}; training stopped (lower the learning rates, or try "
+                "--loss wgan-gp / --spectral-norm). No checkpoint with non-finite weights was written."
+            )
+
+
+def _calibrate(model: ConditionalGAN, validation: TransitionBatch, seed: int) -> dict[str, Any]:
+    """Set the realism reference and forecast noise correlation of the model as it is now; once per evaluation.
+
+    Returns:
+        the metrics the calibration adds to a checkpoint.
+    """
+    model.calibrate_realism(validation)
+    model.noise_correlation, coverage = calibrate_noise_correlation(model, validation, seed=seed)
+    return {"forecast_band_coverage": coverage}
+
+
+def _save_checkpoint(
+    directory: Path, model: ConditionalGAN, config: TrainConfig, metrics: dict[str, Any]
+) -> None:
+    """Write ``model`` as it is now; its config records ``config``, which ``--resume`` reads back."""
+    save_model(
+        directory,
+        kind="gan",
+        config={
+            "model": model.config.to_json(),
+            "train": config.to_json(),
+            "noise_correlation": model.noise_correlation,
+        },
+        info=model.info,
+        tensors=model.state_tensors(),
+        metrics=metrics,
+    )
 
 
 def _final_metrics(metrics: dict[str, float], state: dict[str, Any]) -> dict[str, Any]:
@@ -468,129 +390,6 @@ def _final_metrics(metrics: dict[str, float], state: dict[str, Any]) -> dict[str
         "elapsed_s": state["elapsed"],
         "alarms": list(state["alarms"]),
     }
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class Evaluator:
-    """Scores the model on a fixed subset of validation transitions with fixed noise (same numbers every run)."""
-
-    FIGURE_CONDITIONS = 4
-    SPREAD_CONDITIONS = 16
-    SPREAD_SAMPLES = 32
-    MMD_ROWS = 1024
-
-    def __init__(
-        self, model: ConditionalGAN, validation: TransitionBatch, config: TrainConfig, device: torch.device
-    ):
-        self.model, self.config = model, config
-        self.figure_png: bytes | None = None  # the latest generated-vs-real figure, PNG bytes
-        pick = np.sort(np.random.default_rng(config.seed).permutation(len(validation))[: config.eval_size])
-        rows = validation.select(pick)
-        self.obs = torch.as_tensor(rows.obs, device=device)  # M x O
-        self.action = torch.as_tensor(rows.action, device=device)  # M x act_dim, or M
-        self.next_obs = torch.as_tensor(rows.next_obs, device=device)  # M x O
-        self.reward = torch.as_tensor(rows.reward, device=device)  # M
-        self.done = torch.as_tensor(rows.terminated, device=device)  # M bool
-        g = torch.Generator(device=device).manual_seed(config.seed + 1)
-        self.noise = torch.randn(2, len(rows), config.noise_dim, generator=g, device=device)  # 2 x M x Z
-        self.fixed = torch.linspace(0, len(rows) - 1, self.SPREAD_CONDITIONS, device=device).long()  # S
-        self.fixed_noise = torch.randn(
-            self.SPREAD_CONDITIONS * self.SPREAD_SAMPLES, config.noise_dim, generator=g, device=device
-        )
-
-    @torch.no_grad()
-    def evaluate(self, writer, step: int) -> dict[str, float]:
-        """Compute the validation metrics, log them under ``eval/`` (plus a figure) and return them."""
-        model, gen, norm = self.model, self.model.generator, self.model.normalizer
-        model.eval()
-        cond = model.condition(self.obs, self.action)  # M x (O + A)
-        target = norm.target(self.obs, self.next_obs, self.reward)  # M x T
-        mean, logit = gen.mean(cond)  # M x T, M
-        scale = gen.residual_scale
-        residuals = [gen.residual(cond, noise) for noise in self.noise]  # 2 x (M x T), in units of scale
-        samples = torch.stack([mean + scale * r for r in residuals], dim=1)  # M x 2 x T
-        next_mean, reward_mean = norm.untarget(self.obs, mean)
-        next_sample, _ = norm.untarget(self.obs, samples[:, 0])
-        d_real = model.discriminator(cond, (target - mean) / scale)  # M
-        d_fake = model.discriminator(cond, residuals[0])  # M
-        rows = slice(0, self.MMD_ROWS)
-        predicted, done = logit > 0, self.done
-        true_pos = float((predicted & done).sum())
-        metrics = {
-            "energy_score": float(losses.energy_score(samples, target)),
-            "next_obs_mse_sample": float((next_sample - self.next_obs).pow(2).mean()),
-            "next_obs_mse_mean": float((next_mean - self.next_obs).pow(2).mean()),
-            "next_obs_mse_identity": float((self.obs - self.next_obs).pow(2).mean()),
-            "reward_mse_mean": float((reward_mean - self.reward).pow(2).mean()),
-            "mmd2": float(
-                losses.rbf_mmd2(torch.cat([cond, target], 1)[rows], torch.cat([cond, samples[:, 0]], 1)[rows])
-            ),
-            "termination_accuracy": float((predicted == done).float().mean()),
-            "termination_f1": 2 * true_pos / max(1.0, float(predicted.sum() + done.sum())),
-            "termination_recall": true_pos / float(done.sum()) if bool(done.any()) else math.nan,
-            "d_accuracy": float((d_real > d_fake).float().mean()),
-            "d_real": float(losses.discriminator_probabilities(self.config.loss, d_real).mean()),
-            "d_fake": float(losses.discriminator_probabilities(self.config.loss, d_fake).mean()),
-            "residual_std": float(self._spread(cond)),
-        }
-        for name, value in metrics.items():
-            writer.add_scalar(f"eval/{name}", value, step)
-        if self.config.figures:
-            figure = self._figure(cond, mean)
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=110)
-            self.figure_png = buffer.getvalue()
-            writer.add_figure("eval/generated_vs_real", figure, step)  # closes the figure
-        model.train()
-        return metrics
-
-    def _spread(self, cond: torch.Tensor) -> torch.Tensor:
-        """Mean std of the residual over noise at fixed (s, a), in units of the real residual's RMS (~1 if healthy)."""
-        fixed_cond = cond[self.fixed].repeat_interleave(self.SPREAD_SAMPLES, dim=0)  # S*K x (O + A)
-        residual = self.model.generator.residual(fixed_cond, self.fixed_noise)
-        return residual.view(self.SPREAD_CONDITIONS, self.SPREAD_SAMPLES, -1).std(dim=1).mean()
-
-    def _figure(self, cond: torch.Tensor, mean: torch.Tensor):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        gen, norm = self.model.generator, self.model.normalizer
-        obs_dim = self.obs.shape[1]
-        # x, y columns of [next_obs, reward]: the two state dimensions that change the most per step
-        top = torch.argsort(norm.delta_std, descending=True)[:2].sort().values.tolist()
-        dims = (top[0], top[1]) if obs_dim > 1 else (0, obs_dim)
-        fig, axes = plt.subplots(1, self.FIGURE_CONDITIONS, figsize=(3.2 * self.FIGURE_CONDITIONS, 3.0))
-        for ax, row in zip(axes, self.fixed[:: self.SPREAD_CONDITIONS // self.FIGURE_CONDITIONS].tolist()):
-            noise = self.fixed_noise[: self.SPREAD_SAMPLES]
-            c = cond[row : row + 1].expand(self.SPREAD_SAMPLES, -1)
-            obs = self.obs[row : row + 1].expand(self.SPREAD_SAMPLES, -1)
-            generated = norm.untarget(obs, mean[row : row + 1] + gen.residual_scale * gen.residual(c, noise))
-            real = torch.cat([self.next_obs[row], self.reward[row : row + 1]])
-            mean_obs, mean_reward = norm.untarget(obs[:1], mean[row : row + 1])
-            predicted = torch.cat([mean_obs[0], mean_reward])
-            points = torch.cat([generated[0], generated[1][:, None]], dim=1).cpu()
-            ax.scatter(points[:, dims[0]], points[:, dims[1]], s=8, alpha=0.5, label="generated")
-            ax.scatter([float(real[dims[0]])], [float(real[dims[1]])], marker="*", s=120, c="k", label="real")
-            ax.scatter(
-                [float(predicted[dims[0]])],
-                [float(predicted[dims[1]])],
-                marker="x",
-                s=60,
-                c="r",
-                label="mean head",
-            )
-            ax.set_title(f"validation row {row}", fontsize=9)
-            ax.set_xlabel(f"next_obs[{dims[0]}]")
-            ax.set_ylabel(f"next_obs[{dims[1]}]" if dims[1] < obs_dim else "reward")
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        return fig
 
 
 def hparams_table(values: dict[str, Any]) -> str:

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from simgan.cli import CLIError
     from simgan.config import dataclass_from_namespace
     from simgan.data import load_dataset
+    from simgan.run_directory import check_run_directory
     from simgan.train_config import TrainConfig
-    from simgan.training import check_run_directory
 
     out = Path(args.out)
     if args.model == "ensemble" and args.resume:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = dataclass_from_namespace(TrainConfig, args)
     if args.resume:
         # The saved run defines everything but the budget and the device.
-        from simgan.training import saved_config
+        from simgan.run_directory import saved_config
 
         saved = saved_config(out)
         config = replace(saved, steps=config.steps, epochs=config.epochs, device=config.device)
