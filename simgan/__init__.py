@@ -16,9 +16,9 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "Dataset": "simgan.data",
-    "TransitionBatch": "simgan.data",
+    "TransitionBatch": "simgan.dataset_format",
     "load_dataset": "simgan.data",
-    "DatasetError": "simgan.data",
+    "DatasetError": "simgan.dataset_format",
     "SimganError": "simgan.errors",
     "collect": "simgan.collection",
     "WorldModel": "simgan.world_model",

@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from simgan.data import (
+from simgan.data import Dataset, load_dataset
+from simgan.dataset_format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
-    Dataset,
     TransitionBatch,
     array_schema,
     decode_shard,
-    load_dataset,
     write_manifest,
     write_shard,
 )

@@ -34,16 +34,9 @@ from typing import Any
 import numpy as np
 
 from simgan.collection import connect_ray
-from simgan.data import (
-    Dataset,
-    TransitionBatch,
-    check_episode_consistency,
-    load_shard_slice,
-    read_manifest,
-    shard_slice,
-    split_episodes,
-)
+from simgan.data import Dataset, check_episode_consistency, load_shard_slice, shard_slice, split_episodes
 from simgan.data_parallel import DistContext
+from simgan.dataset_format import TransitionBatch, read_manifest
 from simgan.errors import SimganError
 from simgan.run_directory import LAST_DIR, prepare_run_directory
 from simgan.shards import sharded_forecast, sharded_rollouts  # noqa: F401 (re-exported, as in the README)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simgan.checkpoint import CheckpointError, ModelFiles, save_model, stored_noise_correlation
-from simgan.data import TransitionBatch
+from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation
 from simgan.world_model import (

@@ -37,7 +37,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from simgan.data import Dataset, TransitionBatch, load_dataset, write_manifest, write_shard
+from simgan.data import Dataset, load_dataset
+from simgan.dataset_format import TransitionBatch, write_manifest, write_shard
 from simgan.errors import SimganError
 from simgan.fsutil import atomic_write_bytes, atomic_write_json
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from simgan.checkpoint import ModelFiles, stored_noise_correlation
-from simgan.data import TransitionBatch
+from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.world_model import (
     CONSTANT_COLUMN_STD,

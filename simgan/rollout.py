@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from simgan.data import TransitionBatch
+from simgan.dataset_format import TransitionBatch
 
 # obs batch (K x obs_dim float32) -> actions (K x act_dim for Box, K for Discrete)
 Policy = Callable[[np.ndarray], np.ndarray]

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from simgan import losses
 from simgan.checkpoint import load_model, save_model
-from simgan.data import Dataset, TransitionBatch
+from simgan.data import Dataset
 from simgan.data_parallel import SINGLE_PROCESS, DistContext, fit_normalizer, model_info
+from simgan.dataset_format import TransitionBatch
 from simgan.device import resolve_device
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from simgan import losses
-from simgan.data import TransitionBatch
+from simgan.dataset_format import TransitionBatch
 from simgan.models import ConditionalGAN
 from simgan.train_config import TrainConfig
 

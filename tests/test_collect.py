@@ -23,7 +23,8 @@ from simgan.collection import (
     describe_policy,
     split_budget,
 )
-from simgan.data import MANIFEST_NAME, encode_shard, load_dataset
+from simgan.data import load_dataset
+from simgan.dataset_format import MANIFEST_NAME, encode_shard
 from simgan.fsutil import TMP_PREFIX
 from simgan.spaces import UnsupportedSpaceError
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simgan.data import (
+from simgan.data import load_dataset, split_episodes, summarize
+from simgan.dataset_format import (
     FIELDS,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -21,9 +22,6 @@ from simgan.data import (
     array_schema,
     decode_shard,
     encode_shard,
-    load_dataset,
-    split_episodes,
-    summarize,
     write_manifest,
     write_shard,
 )

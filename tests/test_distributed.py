@@ -23,7 +23,8 @@ from tiny_configs import TINY_GAN
 
 import simgan
 from simgan.checkpoint import CheckpointError, load_model, load_model_files
-from simgan.data import DatasetError, read_manifest, shard_slice
+from simgan.data import shard_slice
+from simgan.dataset_format import DatasetError, read_manifest
 from simgan.training import LAST_DIR, DistContext
 
 TINY_FLAGS = [

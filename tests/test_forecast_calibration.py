@@ -11,7 +11,7 @@ from tiny_configs import TINY_GAN
 
 import simgan
 from simgan.checkpoint import load_model
-from simgan.data import TransitionBatch
+from simgan.dataset_format import TransitionBatch
 from simgan.forecast_calibration import CANDIDATES, band_coverage, calibrate_noise_correlation
 from simgan.forecasting import Forecast, ForecastError, forecast
 from simgan.training import train

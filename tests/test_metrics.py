@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 import torch
 
-from simgan.data import TransitionBatch
+from simgan.dataset_format import TransitionBatch
 from simgan.metrics import (
     conditional_metrics,
     energy_distance,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from simgan.data import TransitionBatch
+from simgan.dataset_format import TransitionBatch
 from simgan.models import ConditionalGAN, ModelConfig, ModelShapeError
 from simgan.world_model import ModelInfo, WorldModel
 
