@@ -1,6 +1,7 @@
 """GAN vs Gaussian ensemble on the same data and seeds: fidelity metrics, issue targets, training wall time.
 
     python scripts/bench_fidelity.py --seeds 3 --data-steps 20000 --gan-steps 4000 --ensemble-steps 4000
+    python scripts/bench_fidelity.py --seeds 2 --first-seed 3 --append   # seeds 3 and 4 added to OUT's results
 
 For every env: one dataset (collection seed 0, reused from ``OUT/data`` when present), then for each seed
 0..N-1 a GAN (``simgan.train``) and an ensemble (``simgan.train_ensemble``) trained on it and scored with
@@ -47,7 +48,13 @@ def parse_args() -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), help="env ids to benchmark")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per model")
+    p.add_argument("--seeds", type=int, default=3, help="how many training seeds per model")
+    p.add_argument("--first-seed", type=int, default=0, help="train seeds FIRST..FIRST+N-1")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add these seeds to OUT/results.json (same data and training settings) and re-summarise",
+    )
     p.add_argument(
         "--data-steps", type=int, default=20000, help="transitions collected per env (random policy)"
     )
@@ -260,16 +267,22 @@ def main() -> None:
         for env, entry in stored["envs"].items():
             entry.update(_jsonable(summaries[env]))
         atomic_write_json(root / "results.json", stored)
-        table = format_table(summaries, stored["args"]["seeds"])
+        table = format_table(summaries, min(len(entry["per_seed"]) for entry in stored["envs"].values()))
         atomic_write_bytes(root / "table.md", (table + "\n").encode())
         print(table)
         return
-    results: dict[str, Any] = {"args": vars(args), "envs": {}}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.append:
+        results = stored_results(root, args, seeds)
+        results["args"]["seeds"] = "see envs.<env>.seeds"
+    else:
+        results = {"args": vars(args), "envs": {}}
     summaries = {}
     for env_id in args.envs:
         dataset = load_or_collect(env_id, args.data_steps, root)
+        earlier = results["envs"].get(env_id, {"per_seed": [], "seeds": []})
         per_seed = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             runs = train_pair(dataset, env_id, seed, args, root)
             per_seed.append(runs)
             print(
@@ -281,15 +294,47 @@ def main() -> None:
                 ),
                 flush=True,
             )
-            if seed == 0 and env_id in MULTIMODAL:
+            if seed == seeds[0] and not earlier["seeds"] and env_id in MULTIMODAL:
                 figure = root / f"samples_{slug(env_id)}.png"
                 sample_figure(env_id, dataset, {m: r["model"] for m, r in runs.items()}, figure)
-        summaries[env_id] = summarize(env_id, per_seed)
-        results["envs"][env_id] = {"per_seed": _jsonable(per_seed), **_jsonable(summaries[env_id])}
+        all_seeds = [*earlier["per_seed"], *_jsonable(per_seed)]
+        summaries[env_id] = summarize(env_id, all_seeds)
+        results["envs"][env_id] = {
+            "per_seed": all_seeds,
+            "seeds": [*earlier["seeds"], *seeds],
+            **_jsonable(summaries[env_id]),
+        }
         atomic_write_json(root / "results.json", results)  # after every env: partial results survive
-    table = format_table(summaries, args.seeds)
+    everything = {env: summarize(env, entry["per_seed"]) for env, entry in results["envs"].items()}
+    table = format_table(everything, min(len(entry["per_seed"]) for entry in results["envs"].values()))
     atomic_write_bytes(root / "table.md", (table + "\n").encode())
     print(table)
+
+
+# Settings that must match for seeds of two runs to be summarised together.
+SAME_RUN_SETTINGS = ("data_steps", "gan_steps", "ensemble_steps", "eval_samples", "gan_mean_hidden")
+
+
+def stored_results(root: Path, args: argparse.Namespace, seeds: list[int]) -> dict[str, Any]:
+    """OUT/results.json to append ``seeds`` to, after checking it was made with the same settings."""
+    path = root / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"--append: expected an earlier run's {path}, found none")
+    stored = json.loads(path.read_text())
+    for key in SAME_RUN_SETTINGS:
+        if stored["args"].get(key) != getattr(args, key):
+            raise SystemExit(
+                f"--append: {path} was made with {key}={stored['args'].get(key)!r}, this run has "
+                f"{getattr(args, key)!r}; seeds of different settings cannot be averaged"
+            )
+    for env_id in args.envs:
+        entry = stored["envs"].get(env_id)
+        if entry is None:
+            continue
+        entry.setdefault("seeds", list(range(len(entry["per_seed"]))))  # runs from before seeds were recorded
+        if repeated := sorted(set(entry["seeds"]) & set(seeds)):
+            raise SystemExit(f"--append: {env_id} already has seed(s) {repeated} in {path}")
+    return stored
 
 
 if __name__ == "__main__":
