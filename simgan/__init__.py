@@ -29,7 +29,7 @@ _EXPORTS = {
     "ConditionalGAN": "simgan.models",
     "GaussianEnsemble": "simgan.ensemble",
     "EnsembleConfig": "simgan.ensemble",
-    "train_ensemble": "simgan.ensemble",
+    "train_ensemble": "simgan.ensemble_training",
     "evaluate_model": "simgan.metrics",
     "SimEnv": "simgan.sim_env",
     "SimVectorEnv": "simgan.sim_vector_env",

@@ -299,7 +299,8 @@ def _train_model(dataset: Dataset, out: Path, config: LoopConfig, iteration: int
     """Train the world model of this iteration from scratch (seeded by iteration)."""
     seed = config.seed * 1000 + iteration
     if config.model == "ensemble":
-        from simgan.ensemble import EnsembleConfig, train_ensemble
+        from simgan.ensemble import EnsembleConfig
+        from simgan.ensemble_training import train_ensemble
 
         values: dict[str, Any] = {"seed": seed, "device": config.device, "progress": progress}
         if config.model_steps is not None:

@@ -12,7 +12,8 @@ import torch
 
 import simgan
 from simgan.checkpoint import load_model
-from simgan.ensemble import EnsembleConfig, EnsembleError, GaussianEnsemble, train_ensemble
+from simgan.ensemble import EnsembleConfig, EnsembleError, GaussianEnsemble
+from simgan.ensemble_training import train_ensemble
 from simgan.metrics import one_step_metrics
 from simgan.world_model import WorldModel
 

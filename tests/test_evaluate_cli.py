@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import simgan
-from simgan.ensemble import EnsembleConfig, train_ensemble
+from simgan.ensemble import EnsembleConfig
+from simgan.ensemble_training import train_ensemble
 
 TINY = {"members": 3, "elites": 2, "hidden": (32, 32), "steps": 60, "eval_every": 30, "progress": False}
 

@@ -113,7 +113,8 @@ def _run_ensemble(args: argparse.Namespace, out: Path) -> int:
     from simgan.errors import SimganError
 
     try:
-        from simgan.ensemble import EnsembleConfig, train_ensemble
+        from simgan.ensemble import EnsembleConfig
+        from simgan.ensemble_training import train_ensemble
     except ImportError as exc:
         raise SimganError(
             f"--model ensemble: the Gaussian-ensemble baseline is not available ({exc})"
