@@ -51,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="how many training seeds per model")
     p.add_argument("--first-seed", type=int, default=0, help="train seeds FIRST..FIRST+N-1")
     p.add_argument(
+        "--ensemble-from",
+        default=None,
+        help="reuse the ensemble's per-seed results of an earlier results.json made with the same data and "
+        "ensemble settings (when only the GAN changed); seeds it lacks, and the figures' seed, are trained",
+    )
+    p.add_argument(
         "--append",
         action="store_true",
         help="add these seeds to OUT/results.json (same data and training settings) and re-summarise",
@@ -101,8 +107,11 @@ def load_or_collect(env_id: str, steps: int, root: Path):
     return simgan.collect(env_id, steps=steps, workers=0, out=path, seed=0, overwrite=True, progress=False)
 
 
-def train_pair(dataset, env_id: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """Train both models with one seed; returns {model: {"metrics", "train_s", "model"}}."""
+def train_pair(
+    dataset, env_id: str, seed: int, args: argparse.Namespace, root: Path, ensemble: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Train both models with one seed (the ensemble only when ``ensemble``, its stored result, is None);
+    returns {model: {"metrics", "train_s", "model"}}."""
     from simgan.ensemble import EnsembleConfig, train_ensemble
     from simgan.metrics import evaluate_model
     from simgan.train_config import TrainConfig
@@ -123,15 +132,37 @@ def train_pair(dataset, env_id: str, seed: int, args: argparse.Namespace, root: 
     gan_meta = json.loads((gan_dir / "model.json").read_text())["metrics"]
     runs["gan"]["time_to_best_s"] = gan_meta.get("time_to_best_s")
 
-    ens_dir = root / "runs" / f"{slug(env_id)}__ensemble__{seed}"
-    shutil.rmtree(ens_dir, ignore_errors=True)
-    start = time.perf_counter()
-    config = EnsembleConfig(steps=args.ensemble_steps, seed=seed, device=args.device, progress=False)
-    ensemble = train_ensemble(dataset, ens_dir, config)
-    runs["ensemble"] = {"train_s": time.perf_counter() - start, "model": ensemble}
+    if ensemble is None:
+        ens_dir = root / "runs" / f"{slug(env_id)}__ensemble__{seed}"
+        shutil.rmtree(ens_dir, ignore_errors=True)
+        start = time.perf_counter()
+        config = EnsembleConfig(steps=args.ensemble_steps, seed=seed, device=args.device, progress=False)
+        model = train_ensemble(dataset, ens_dir, config)
+        runs["ensemble"] = {"train_s": time.perf_counter() - start, "model": model}
     for run in runs.values():
         run["metrics"] = evaluate_model(run["model"], dataset, max_samples=args.eval_samples, seed=seed)
+    if ensemble is not None:
+        runs["ensemble"] = {**ensemble, "reused_from": args.ensemble_from}
     return runs
+
+
+def stored_ensembles(args: argparse.Namespace) -> dict[str, dict[int, dict[str, Any]]]:
+    """{env: {seed: the ensemble's stored result}} from ``--ensemble-from`` (empty without it)."""
+    if args.ensemble_from is None:
+        return {}
+    stored = json.loads(Path(args.ensemble_from).read_text())
+    for key in ("data_steps", "ensemble_steps", "eval_samples"):
+        if stored["args"].get(key) != getattr(args, key):
+            raise SystemExit(
+                f"--ensemble-from: {args.ensemble_from} was made with {key}={stored['args'].get(key)!r}, this "
+                f"run has {getattr(args, key)!r}"
+            )
+    return {
+        env: dict(
+            zip(entry.get("seeds", range(len(entry["per_seed"]))), (s["ensemble"] for s in entry["per_seed"]))
+        )
+        for env, entry in stored["envs"].items()
+    }
 
 
 def seed_mean(values: list[float]) -> float:
@@ -277,13 +308,16 @@ def main() -> None:
         results["args"]["seeds"] = "see envs.<env>.seeds"
     else:
         results = {"args": vars(args), "envs": {}}
+    reusable = stored_ensembles(args)
     summaries = {}
     for env_id in args.envs:
         dataset = load_or_collect(env_id, args.data_steps, root)
         earlier = results["envs"].get(env_id, {"per_seed": [], "seeds": []})
         per_seed = []
         for seed in seeds:
-            runs = train_pair(dataset, env_id, seed, args, root)
+            figure_due = seed == seeds[0] and not earlier["seeds"] and env_id in MULTIMODAL
+            stored = None if figure_due else reusable.get(env_id, {}).get(seed)
+            runs = train_pair(dataset, env_id, seed, args, root, stored)
             per_seed.append(runs)
             print(
                 f"{env_id} seed {seed}: "
@@ -294,7 +328,7 @@ def main() -> None:
                 ),
                 flush=True,
             )
-            if seed == seeds[0] and not earlier["seeds"] and env_id in MULTIMODAL:
+            if figure_due:
                 figure = root / f"samples_{slug(env_id)}.png"
                 sample_figure(env_id, dataset, {m: r["model"] for m, r in runs.items()}, figure)
         all_seeds = [*earlier["per_seed"], *_jsonable(per_seed)]
