@@ -8,11 +8,13 @@
 All B x N branches advance together in one batched model step (in chunks bounded by ``max_memory``), on the
 model's device. A branch that terminates stops: later steps repeat its final state, add no reward, and are left
 out of every per-step statistic (``alive`` marks the live steps).
+
+Fan charts and printable summaries (:func:`fan_chart`, :func:`summary_table`, :func:`dumps_summary`) are in
+:mod:`simgan.forecast_report` (which imports this module); they stay importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -416,81 +418,11 @@ def _rows_per_chunk(max_memory: int, horizon: int, obs_dim: int, act_shape: tupl
     return max(1, min(1 << 20, int(max_memory // per_row)))
 
 
-def fan_chart(
-    result: Forecast, path: str | Path, *, state_index: int = 0, dim_names: list[str] | None = None
-) -> None:
-    """Write a PNG fan chart: median and 10-90 / 25-75 % bands per state dimension over time, live-branch
-    counts, and a histogram of returns, for one start state."""
-    import matplotlib
+def __getattr__(name: str) -> Any:
+    # The presentation moved to simgan.forecast_report (it imports this module); this keeps
+    # `from simgan.forecasting import fan_chart` (and summary_table, dumps_summary) working.
+    if name in ("dumps_summary", "fan_chart", "summary_table"):
+        from simgan import forecast_report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    q = result.quantiles((0.1, 0.25, 0.5, 0.75, 0.9))[:, state_index]  # 5 x H x obs_dim
-    obs_dim = q.shape[-1]
-    horizon = q.shape[1]
-    t = np.arange(1, horizon + 1)
-    cols = min(3, obs_dim + 1)
-    rows = math.ceil((obs_dim + 1) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for d in range(obs_dim):
-        ax = axes.flat[d]
-        start = result.start_states[state_index, d]
-        ax.fill_between(
-            np.r_[0, t],
-            np.r_[start, q[0, :, d]],
-            np.r_[start, q[4, :, d]],
-            alpha=0.25,
-            color="C0",
-            label="10-90 %",
-        )
-        ax.fill_between(
-            np.r_[0, t],
-            np.r_[start, q[1, :, d]],
-            np.r_[start, q[3, :, d]],
-            alpha=0.45,
-            color="C0",
-            label="25-75 %",
-        )
-        ax.plot(np.r_[0, t], np.r_[start, q[2, :, d]], color="C0", lw=1.8, label="median")
-        ax.set_title(dim_names[d] if dim_names else f"obs[{d}]")
-        ax.set_xlabel("step")
-        if d == 0:
-            ax.legend(fontsize=7, loc="best")
-    ax = axes.flat[obs_dim]
-    ax.hist(result.returns[state_index], bins=40, color="C1", alpha=0.8)
-    ax.set_title(f"returns (N={result.shape[1]})")
-    ax.set_xlabel("return")
-    for extra in list(axes.flat)[obs_dim + 1 :]:
-        extra.axis("off")
-    live = result.live_counts()[state_index]
-    fig.suptitle(
-        f"forecast from state {state_index}: {result.shape[1]} futures x {horizon} steps "
-        f"(live at end: {live[-1]})"
-    )
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-
-
-def summary_table(result: Forecast) -> str:
-    """A printable table: one row per start state."""
-    summary = result.summary()
-    lines = [
-        f"{'state':>5} {'return mean':>12} {'std':>9} {'p10':>10} {'p50':>10} {'p90':>10} {'P(term)':>8} {'live':>6}"
-    ]
-    for b, s in enumerate(summary["states"]):
-        rq = s["return_quantiles"]
-        lines.append(
-            f"{b:>5} {s['return_mean']:>12.3f} {s['return_std']:>9.3f} {rq['0.1']:>10.3f} {rq['0.5']:>10.3f} "
-            f"{rq['0.9']:>10.3f} {s['termination_probability_final']:>8.3f} {s['live_final']:>6}"
-        )
-    return "\n".join(lines)
-
-
-def dumps_summary(result: Forecast) -> str:
-    return json.dumps(result.summary(), indent=2)
+        return getattr(forecast_report, name)
+    raise AttributeError(f"module 'simgan.forecasting' has no attribute {name!r}")

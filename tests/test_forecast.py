@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simgan.forecasting import Forecast, ForecastError, fan_chart, forecast, summary_table
+from simgan.forecast_report import fan_chart, summary_table
+from simgan.forecasting import Forecast, ForecastError, forecast
 from tests.worldmodels import DiscreteLinearModel, LinearModel
 
 

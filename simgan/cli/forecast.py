@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from simgan.checkpoint import load_model
-    from simgan.forecasting import fan_chart, forecast, summary_table
+    from simgan.forecast_report import fan_chart, summary_table
+    from simgan.forecasting import forecast
 
     check_shard_arguments(args)
     # with --shards the model here only reads the start states; the actors load their own
