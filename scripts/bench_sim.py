@@ -121,14 +121,14 @@ def fresh_gan(info: ModelInfo, device: torch.device, config: ModelConfig | None 
 
 
 def linear_shapes(model: ConditionalGAN, realism: bool) -> list[tuple[int, int]]:
-    """(in, out) of every linear layer one env step runs: mean net and residual net (sample), and with
+    """(in, out) of every linear layer one env step runs: mean, residual and termination nets (sample), and with
     realism the critic (``sample_with_realism`` judges the generated residual, so the mean net runs once)."""
 
     def shapes(net: torch.nn.Module) -> list[tuple[int, int]]:
         return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
 
     mean = shapes(model.generator.mean_net)
-    sample = mean + shapes(model.generator.residual_net)
+    sample = mean + shapes(model.generator.residual_net) + shapes(model.generator.termination_net)
     return sample + shapes(model.discriminator.net) if realism else sample
 
 

@@ -3,8 +3,12 @@
     G(s, a, z) = mu(s, a) + scale * f(s, a, z)          (in normalised (delta s, reward) units)
 
 * ``mu`` (the mean head) is trained by plain MSE regression on the normalised target ``(s' - s, r)``, so it is
-  the conditional mean, as precise as regression. It also carries the termination head (a Bernoulli logit
-  trained with BCE; ``terminated = p > 0.5``).
+  the conditional mean, as precise as regression.
+* ``p(terminated | s, a, s')`` (the termination head, a small MLP of its own) is trained with BCE on real
+  transitions and, when sampling, reads the *generated* transition, so an episode ends where the sampled next
+  state is terminal (``terminated = p > 0.5``). It used to be one more output of the mean head; the termination
+  loss then dominated the shared layers' gradients once the regression error was small, and the mean head of
+  CartPole-v1 was 25x less precise (see ``ModelConfig.termination_hidden``).
 * ``f`` (the residual generator) is trained adversarially: the discriminator, conditioned on (s, a), judges the
   real residual ``(target - mu.detach()) / scale`` against ``f(s, a, z)``; a penalty on the (unbiased) squared
   mean of ``f`` over several z per (s, a) keeps ``E_z[f] = 0``, hence ``E_z[G] = mu``. On deterministic dynamics
@@ -57,6 +61,8 @@ class ModelConfig:
     mean_hidden: tuple[int, ...] = (256, 256, 256)
     residual_hidden: tuple[int, ...] = (128, 128)
     disc_hidden: tuple[int, ...] = (128, 128)
+    # () : no termination net; the logit is the mean head's last output (models saved before it existed)
+    termination_hidden: tuple[int, ...] = (64, 64)
     spectral_norm: bool = False
     loss: str = "hinge"  # how the discriminator's scores are read (logits or critic scores)
 
@@ -67,7 +73,8 @@ class ModelConfig:
     def from_json(cls, data: dict[str, Any]) -> ModelConfig:
         values = dict(data)
         values.setdefault("noise_components", 0)  # models saved before the discrete latent existed
-        for key in ("mean_hidden", "residual_hidden", "disc_hidden"):
+        values.setdefault("termination_hidden", [])  # ... and before the termination head had its own net
+        for key in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             values[key] = tuple(int(h) for h in values[key])
         return cls(**values)
 
@@ -150,18 +157,34 @@ class Generator(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, config: ModelConfig) -> None:
         super().__init__()
         cond_dim, target_dim = obs_dim + action_dim, obs_dim + 1
-        self.obs_dim = obs_dim
-        self.mean_net = mlp(cond_dim, config.mean_hidden, target_dim + 1)  # target mean + termination logit
+        self.obs_dim, self.target_dim = obs_dim, target_dim
+        own_termination = bool(config.termination_hidden)
+        # older models: the termination logit is the mean head's last output
+        self.mean_net = mlp(cond_dim, config.mean_hidden, target_dim + (0 if own_termination else 1))
         self.noise_components = config.noise_components
         self.residual_net = mlp(
             cond_dim + config.noise_dim + config.noise_components, config.residual_hidden, target_dim
         )
         self.register_buffer("residual_scale", torch.ones(target_dim))
+        self.termination_net = (
+            mlp(cond_dim + target_dim, config.termination_hidden, 1) if own_termination else None
+        )
 
-    def mean(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cond B x (O + A) -> (target mean B x T, termination logit B)."""
-        out = self.mean_net(cond)
-        return out[:, :-1], out[:, -1]
+    def mean(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond B x (O + A) -> target mean B x T."""
+        return self.mean_net(cond)[:, : self.target_dim]
+
+    def termination_logit(self, cond: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Logit of p(terminated | s, a, s'), B: ``target`` B x T is the transition's normalised (delta, reward),
+        the real one in training and the generated one when sampling."""
+        if self.termination_net is None:  # a model saved before the termination net: one more mean-head pass
+            return self.mean_net(cond)[:, -1]
+        return self.termination_net(torch.cat([cond, target], dim=-1)).squeeze(-1)
+
+    def parameters_of_regression(self) -> list[nn.Parameter]:
+        """The mean head's and the termination head's parameters (trained by MSE and BCE, at ``lr_mean``)."""
+        heads = [self.mean_net] + ([self.termination_net] if self.termination_net is not None else [])
+        return [p for head in heads for p in head.parameters()]
 
     def residual(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """cond B x (O + A), noise B x Z -> the residual in units of ``residual_scale``, B x T.
@@ -184,9 +207,8 @@ class Generator(nn.Module):
         self, obs_n: torch.Tensor, action_input: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cond = torch.cat([obs_n, action_input], dim=-1)
-        mean, logit = self.mean(cond)
-        target = mean + self.residual_scale * self.residual(cond, noise)
-        return target[:, : self.obs_dim], target[:, self.obs_dim], logit
+        target = self.mean(cond) + self.residual_scale * self.residual(cond, noise)
+        return target[:, : self.obs_dim], target[:, self.obs_dim], self.termination_logit(cond, target)
 
 
 class Discriminator(nn.Module):
@@ -263,13 +285,14 @@ class ConditionalGAN(nn.Module):
         """One generator pass: (next_obs B x O, reward B, terminated B, cond B x (O + A), residual B x T)."""
         cond = self.condition(obs, action)
         z = self._noise(cond.shape[0], noise, generator)
-        mean, logit = self.generator.mean(cond)
+        mean = self.generator.mean(cond)
         residual = self.generator.residual(cond, z)
         target = mean + self.generator.residual_scale * residual
         next_obs, reward = self.normalizer.untarget(
             torch.as_tensor(obs, dtype=torch.float32, device=self.device), target
         )
-        return next_obs, reward, logit > 0.0, cond, residual
+        terminated = self.generator.termination_logit(cond, target) > 0.0
+        return next_obs, reward, terminated, cond, residual
 
     @torch.no_grad()
     def sample(
@@ -310,13 +333,13 @@ class ConditionalGAN(nn.Module):
     def mean(
         self, obs: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The mean head's prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B)."""
+        """The mean head's prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B at that mean transition)."""
         cond = self.condition(obs, action)
-        mean, logit = self.generator.mean(cond)
+        mean = self.generator.mean(cond)
         next_obs, reward = self.normalizer.untarget(
             torch.as_tensor(obs, dtype=torch.float32, device=self.device), mean
         )
-        return next_obs, reward, torch.sigmoid(logit)
+        return next_obs, reward, torch.sigmoid(self.generator.termination_logit(cond, mean))
 
     def judged_residual(
         self, cond: torch.Tensor, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
@@ -324,7 +347,7 @@ class ConditionalGAN(nn.Module):
         """What the discriminator sees of a real transition: (target - mu) / scale, B x T."""
         target = self.normalizer.target(obs, next_obs, reward)
         with torch.no_grad():
-            mean, _ = self.generator.mean(cond)
+            mean = self.generator.mean(cond)
         return (target - mean) / self.generator.residual_scale
 
     def _judge(self, cond: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,9 @@ class TrainConfig:
         default=(128, 128), metadata={"help": "residual generator hidden sizes"}
     )
     disc_hidden: tuple[int, ...] = field(default=(128, 128), metadata={"help": "discriminator hidden sizes"})
+    termination_hidden: tuple[int, ...] = field(
+        default=(64, 64), metadata={"help": "hidden sizes of the termination head p(done | s, a, s')"}
+    )
     spectral_norm: bool = field(
         default=False, metadata={"help": "spectral normalisation in the discriminator"}
     )
@@ -112,6 +115,7 @@ class TrainConfig:
             mean_hidden=tuple(self.mean_hidden),
             residual_hidden=tuple(self.residual_hidden),
             disc_hidden=tuple(self.disc_hidden),
+            termination_hidden=tuple(self.termination_hidden),
             spectral_norm=self.spectral_norm,
             loss=self.loss,
         )
@@ -122,4 +126,8 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+        values = dict(data)
+        # runs saved before these existed were built without them (as ModelConfig.from_json reads their models)
+        values.setdefault("noise_components", 0)
+        values.setdefault("termination_hidden", [])
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

@@ -112,7 +112,7 @@ def train(
     )
     batch, k = config.batch_size, config.samples_per_condition
 
-    mean_params = list(gen.mean_net.parameters())
+    mean_params = gen.parameters_of_regression()  # mean head + termination head
     residual_params = list(gen.residual_net.parameters())
     disc_params = list(disc.parameters())
     opt_g, opt_d = _optimizers(config, mean_params, residual_params, disc_params)
@@ -174,7 +174,7 @@ def train(
             idx = torch.randint(num_train, (batch,), generator=rng, device=device)
             cond, target = train_cond[idx], train_target[idx]  # B x (O + A), B x T
             with torch.no_grad():
-                mean, _ = gen.mean(cond)  # B x T
+                mean = gen.mean(cond)  # B x T
                 real = (target - mean) / gen.residual_scale  # B x T
                 fake = gen.residual(cond, torch.randn(batch, config.noise_dim, generator=rng, device=device))
             d_real, d_fake = disc(cond, real), disc(cond, fake)  # B, B
@@ -190,13 +190,13 @@ def train(
             _check_finite(step, discriminator_loss=d_loss, discriminator_grad_norm=d_grad)
             opt_d.step()
 
-        # ---- generator: mean head by regression + BCE, residual by the adversarial loss + zero mean ----------
+        # ---- generator: mean head by regression, termination head by BCE, residual adversarially + zero mean -
         disc.requires_grad_(False)
         idx = torch.randint(num_train, (batch,), generator=rng, device=device)
         cond, target, done = train_cond[idx], train_target[idx], train_done[idx]
-        mean, logit = gen.mean(cond)  # B x T, B
+        mean = gen.mean(cond)  # B x T
         mse = F.mse_loss(mean, target)
-        bce = F.binary_cross_entropy_with_logits(logit, done)
+        bce = F.binary_cross_entropy_with_logits(gen.termination_logit(cond, target), done)  # the real target
         cond_k = cond.repeat_interleave(k, dim=0)  # BK x (O + A)
         residual = gen.residual(
             cond_k, torch.randn(batch * k, config.noise_dim, generator=rng, device=device)
@@ -347,7 +347,7 @@ def _check_finite(step: int, **values: torch.Tensor) -> None:
     for name, value in values.items():
         if not bool(torch.isfinite(value).all()):
             raise TrainingDivergedError(
-                f"step {step}: {name} is {float(value)}; training stopped (lower the learning rates, or try "
+                f"step {step}: {name} is {float(value.detach())}; training stopped (lower the learning rates, or try "
                 "--loss wgan-gp / --spectral-norm). No checkpoint with non-finite weights was written."
             )
 

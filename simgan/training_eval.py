@@ -56,7 +56,7 @@ class Evaluator:
         model.eval()
         cond = model.condition(self.obs, self.action)  # M x (O + A)
         target = norm.target(self.obs, self.next_obs, self.reward)  # M x T
-        mean, logit = gen.mean(cond)  # M x T, M
+        mean = gen.mean(cond)  # M x T
         scale = gen.residual_scale
         residuals = [gen.residual(cond, noise) for noise in self.noise]  # 2 x (M x T), in units of scale
         samples = torch.stack([mean + scale * r for r in residuals], dim=1)  # M x 2 x T
@@ -65,7 +65,7 @@ class Evaluator:
         d_real = model.discriminator(cond, (target - mean) / scale)  # M
         d_fake = model.discriminator(cond, residuals[0])  # M
         rows = slice(0, self.MMD_ROWS)
-        predicted, done = logit > 0, self.done
+        predicted, done = gen.termination_logit(cond, samples[:, 0]) > 0, self.done  # as the sim decides
         true_pos = float((predicted & done).sum())
         metrics = {
             "energy_score": float(losses.energy_score(samples, target)),

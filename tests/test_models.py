@@ -167,6 +167,46 @@ def test_config_saved_before_the_discrete_latent_loads_without_it() -> None:
     assert ModelConfig.from_json(saved).noise_components == 0
 
 
+def test_termination_is_decided_on_the_sampled_transition() -> None:
+    """p(terminated | s, a, s'): with a head that fires when the normalised delta of dim 0 is positive, the same
+    (s, a) ends or not depending on the sample the noise drew."""
+    torch.manual_seed(0)
+    info = make_info(SPACES["box"])
+    model = ConditionalGAN(info, ModelConfig(noise_dim=3, mean_hidden=(16,), termination_hidden=(1,)))
+    first, last = model.generator.termination_net[0], model.generator.termination_net[-1]
+    cond_dim = info.obs_dim + info.action_input_dim
+    with torch.no_grad():
+        first.weight.zero_(), first.bias.zero_(), last.bias.zero_()
+        first.weight[0, cond_dim] = 10.0  # the hidden unit reads the target's delta of obs dim 0 ...
+        last.weight.fill_(10.0)  # ... and the logit is 10 * silu(10 * delta_0): > 0 iff delta_0 > 0
+        model.generator.mean_net[-1].weight.zero_(), model.generator.mean_net[-1].bias.zero_()  # mu = 0
+        model.generator.residual_net[-1].bias.zero_()  # the residual's sign is the noise's doing
+    obs = torch.zeros(2000, info.obs_dim)
+    action = torch.zeros(2000, 2)
+    next_obs, _, terminated = model.sample(obs, action, generator=torch.Generator().manual_seed(1))
+    assert 0.05 < terminated.float().mean() < 0.95  # one (s, a), both outcomes
+    assert torch.equal(terminated, next_obs[:, 0] > obs[:, 0])  # identity normaliser: delta_0 = s'_0 - s_0
+
+
+def test_config_saved_before_the_termination_head_loads_and_samples(model_and_batch) -> None:
+    """Older model.json files have no termination_hidden: the logit is the mean head's extra last output."""
+    _, batch = model_and_batch
+    saved = {k: v for k, v in CONFIG.to_json().items() if k != "termination_hidden"}
+    config = ModelConfig.from_json(saved)
+    assert config.termination_hidden == ()
+    info = make_info(SPACES["box"])
+    model = ConditionalGAN(info, config)
+    assert model.generator.termination_net is None
+    assert model.generator.mean_net[-1].out_features == info.obs_dim + 2  # delta, reward, termination logit
+    with torch.no_grad():
+        model.generator.mean_net[-1].bias[-1] = 5.0  # the stored logit says "done"
+    obs, action = torch.as_tensor(batch.obs), torch.as_tensor(np.zeros((len(batch), 2), np.float32))
+    next_obs, reward, terminated = model.sample(obs, action, generator=torch.Generator().manual_seed(0))
+    assert next_obs.shape == obs.shape and reward.shape == (len(batch),)
+    assert model.generator.mean(model.condition(obs, action)).shape == (len(batch), info.obs_dim + 1)
+    assert terminated.float().mean() > 0.9
+
+
 def test_defaults_are_what_train_builds() -> None:
     from simgan.train_config import TrainConfig
 

@@ -333,7 +333,7 @@ def gan_dir(tmp_path_factory) -> Path:
     model = ConditionalGAN(info, config)
     with torch.no_grad():
         model.normalizer.delta_std.fill_(0.01)  # small steps: episodes stay inside the data range
-        model.generator.mean_net[-1].bias[-1] = -20.0  # termination logit: an untrained head would say "done"
+        model.generator.termination_net[-1].bias[0] = -20.0  # an untrained termination head would say "done"
         model.realism_reference = torch.sort(torch.randn(256)).values
     directory = tmp_path_factory.mktemp("gan")
     save_model(
