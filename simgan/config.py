@@ -66,3 +66,13 @@ def dataclass_from_namespace(cls: type, namespace: argparse.Namespace, **overrid
             value = getattr(namespace, f.name)
             values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def check_hidden_sizes(name: str, sizes: Any, *, allow_empty: bool = False) -> None:
+    """Raise a ValueError naming ``name`` unless ``sizes`` is a sequence of positive layer widths."""
+    valid = isinstance(sizes, (tuple, list)) and all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in sizes
+    )
+    if not valid or (not sizes and not allow_empty):
+        need = "positive layer widths" + ("" if allow_empty else " (at least one)")
+        raise ValueError(f"{name}: expected {need}, got {sizes!r}")

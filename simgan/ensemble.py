@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simgan.checkpoint import CheckpointError, ModelFiles, save_model, stored_noise_correlation
+from simgan.config import check_hidden_sizes
 from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.world_model import (
@@ -92,7 +93,11 @@ class EnsembleConfig:
         for name in ("batch_size", "steps", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise EnsembleError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        self.hidden = tuple(int(h) for h in self.hidden)
+        try:
+            check_hidden_sizes("hidden", tuple(self.hidden))
+        except ValueError as error:
+            raise EnsembleError(str(error)) from None
+        self.hidden = tuple(self.hidden)
 
 
 class GaussianEnsemble(nn.Module):

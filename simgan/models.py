@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from simgan.checkpoint import ModelFiles, stored_noise_correlation
+from simgan.config import check_hidden_sizes
 from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.world_model import (
@@ -77,6 +78,10 @@ class ModelConfig:
         for key in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             values[key] = tuple(int(h) for h in values[key])
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
+            check_hidden_sizes(name, tuple(getattr(self, name)), allow_empty=name == "termination_hidden")
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, *, spectral_norm: bool = False) -> nn.Sequential:

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from simgan.config import check_hidden_sizes
+
 if TYPE_CHECKING:
     from simgan.models import ModelConfig
 
@@ -100,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"samples_per_condition: expected >= 2, got {self.samples_per_condition}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss: expected one of {list(LOSSES)}, got {self.loss!r}")
+        for name in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
+            check_hidden_sizes(name, getattr(self, name), allow_empty=name == "termination_hidden")
 
     def total_steps(self, num_train: int) -> int:
         if self.epochs is not None:

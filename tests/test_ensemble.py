@@ -140,6 +140,10 @@ def test_config_errors() -> None:
         EnsembleConfig(members=3, elites=4)
     with pytest.raises(EnsembleError, match="steps"):
         EnsembleConfig(steps=0)
+    with pytest.raises(
+        EnsembleError, match=r"hidden: expected positive layer widths \(at least one\), got \(200, 0\)"
+    ):
+        EnsembleConfig(hidden=(200, 0))
 
 
 # ---------------------------------------------------------------------------------------------------------------

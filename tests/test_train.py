@@ -17,6 +17,7 @@ from tiny_configs import TINY_GAN
 import simgan
 from simgan import losses
 from simgan.checkpoint import load_model, load_model_files, load_train_state
+from simgan.models import ModelConfig
 from simgan.run_directory import saved_config
 from simgan.training import RunDirectoryError, TrainConfig, TrainingDivergedError, train
 
@@ -145,6 +146,16 @@ def test_config_errors_say_what_was_expected() -> None:
         TrainConfig(loss="lsgan")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"noise_components: expected 0 \(off\) or >= 2, got 1"):
         TrainConfig(noise_components=1)
+    with pytest.raises(
+        ValueError, match=r"mean_hidden: expected positive layer widths \(at least one\), got \(\)"
+    ):
+        TrainConfig(mean_hidden=())
+    with pytest.raises(
+        ValueError, match=r"termination_hidden: expected positive layer widths, got \(64, 0\)"
+    ):
+        TrainConfig(termination_hidden=(64, 0))
+    with pytest.raises(ValueError, match=r"disc_hidden: .* got \(-8,\)"):
+        ModelConfig.from_json({**ModelConfig().to_json(), "disc_hidden": [-8]})  # a hand-edited model.json
     assert TrainConfig(epochs=2.0, batch_size=100).total_steps(1000) == 20
 
 
