@@ -3,6 +3,12 @@
     python scripts/bench_agents.py --envs Pendulum-v1 --seeds 1          # a modest run (about 30 min on 2 cores)
     python scripts/bench_agents.py                                        # all envs, 5 seeds (hours on a CPU)
 
+Seeds can run as separate processes (one per core) and be merged into one table afterwards::
+
+    python scripts/bench_agents.py --envs CartPole-v1 --seeds 2 --out /tmp/a                  # seeds 0, 1
+    python scripts/bench_agents.py --envs CartPole-v1 --seeds 3 --first-seed 2 --out /tmp/b   # seeds 2, 3, 4
+    python scripts/bench_agents.py --merge /tmp/a.json /tmp/b.json --out results/bench_agents_cartpole
+
 For every env and seed, in the same run:
 
 * ``loop-gan``: :func:`simgan.loop.run_loop` with the conditional GAN world model (SAC, or PPO for discrete
@@ -228,6 +234,12 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _seed_list(runs: list[dict[str, Any]]) -> str:
+    """'3 (0, 1, 2)': how many seeds and which (runs written before runs recorded their seed: the count only)."""
+    seeds = [r["seed"] for r in runs if "seed" in r]
+    return f"{len(runs)} ({', '.join(map(str, seeds))})" if len(seeds) == len(runs) else str(len(runs))
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "| env | method | algo | seeds | real steps to threshold (per seed) | median | target | wall s |",
@@ -244,7 +256,8 @@ def markdown(results: dict[str, Any]) -> str:
             target = f">= {entry['threshold']:g} within {entry['target_steps']}"
             wall = np.mean([r["seconds"] for r in runs])
             lines.append(
-                f"| {env_id} | {method} | {runs[0]['algo']} | {len(runs)} | {hits} | {median} | {target} | {wall:.0f} |"
+                f"| {env_id} | {method} | {runs[0]['algo']} | {_seed_list(runs)} | {hits} | {median} | {target} "
+                f"| {wall:.0f} |"
             )
     lines.append("")
     for env_id, entry in results["envs"].items():
@@ -257,12 +270,71 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from several runs of this script (e.g. disjoint seeds run in parallel processes).
+
+    Every env must have been run with the same preset in each part; a (method, seed) or a seed's rank
+    correlation present in two parts is an error. Runs written before runs recorded their seed count from the
+    part's first seed in order.
+    """
+    merged: dict[str, Any] = {"machine": parts[0]["machine"], "envs": {}}
+    for part in parts:
+        first = part.get("first_seed", 0)
+        for env_id, entry in part["envs"].items():
+            into = merged["envs"].setdefault(
+                env_id,
+                {**{k: v for k, v in entry.items() if k not in ("runs", "rank_correlation")}, "runs": {}},
+            )
+            if into["preset"] != entry["preset"]:
+                raise SystemExit(
+                    f"--merge: {env_id} was run with different presets: {into['preset']} and {entry['preset']}"
+                )
+            for method, runs in entry["runs"].items():
+                have = into["runs"].setdefault(method, [])
+                for k, run in enumerate(runs):
+                    run = {**run, "seed": run.get("seed", first + k)}
+                    if any(r["seed"] == run["seed"] for r in have):
+                        raise SystemExit(
+                            f"--merge: {env_id} {method} seed {run['seed']} is in more than one file"
+                        )
+                    have.append(run)
+                have.sort(key=lambda r: r["seed"])
+            correlations = into.setdefault("rank_correlation", {})
+            for seed, corr in entry.get("rank_correlation", {}).items():
+                if seed in correlations:
+                    raise SystemExit(
+                        f"--merge: {env_id} seed {seed}'s rank correlation is in more than one file"
+                    )
+                correlations[seed] = corr
+            into["rank_correlation"] = dict(sorted(correlations.items(), key=lambda kv: int(kv[0])))
+    merged["seeds"] = len(
+        {r["seed"] for e in merged["envs"].values() for runs in e["runs"].values() for r in runs}
+    )
+    return merged
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    atomic_write_json(out.with_suffix(".json"), results)
+    atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
+    write_plot(results, out.with_suffix(".png"))
+    print(markdown(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--envs", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--seeds", type=int, default=5, help="seeds per env and method")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds FIRST_SEED .. FIRST_SEED + SEEDS - 1"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="merge these results files (disjoint seeds) into OUT instead of running",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_agents"), help="run directories")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench_agents"), help="results path prefix")
@@ -273,6 +345,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = Path(args.out)
+    if args.merge:
+        write_report(merge_results([json.loads(Path(p).read_text()) for p in args.merge]), out)
+        return
     if args.report_only:
         results = json.loads(out.with_suffix(".json").read_text())
         atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
@@ -285,6 +360,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
         "seeds": args.seeds,
+        "first_seed": args.first_seed,
         "envs": {},
     }
     for env_id in args.envs:
@@ -297,7 +373,7 @@ def main() -> None:
             "rank_correlation": {},
         }
         results["envs"][env_id] = entry
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             seed_dir = work / env_id / f"seed-{seed}"
             for method in args.methods:
                 run_dir = seed_dir / method
@@ -308,6 +384,7 @@ def main() -> None:
                     run = run_model_free(env_id, preset, seed, run_dir)
                 else:
                     run = run_loop_method(env_id, method.split("-")[1], preset, seed, run_dir)
+                run["seed"] = seed
                 run["steps_to_threshold"] = steps_to_threshold(run["curve"], preset["threshold"])
                 entry["runs"].setdefault(method, []).append(run)
                 print(
@@ -319,10 +396,7 @@ def main() -> None:
                 )  # partial results survive an interruption
             entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir)
             atomic_write_json(out.with_suffix(".json"), results)
-    atomic_write_json(out.with_suffix(".json"), results)
-    atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
-    write_plot(results, out.with_suffix(".png"))
-    print(markdown(results))
+    write_report(results, out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""scripts/bench_agents.py --merge: seeds run in separate processes become one table."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_agents.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_agents", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _part(first_seed: int, seeds: int, *, record_seed: bool = True, preset: dict | None = None) -> dict:
+    runs = [
+        {
+            "curve": [[1000, 100.0 + s], [2000, 500.0]],
+            "seconds": 1.0,
+            "algo": "ppo",
+            "steps_to_threshold": 2000,
+        }
+        | ({"seed": s} if record_seed else {})
+        for s in range(first_seed, first_seed + seeds)
+    ]
+    entry = {
+        "threshold": 475.0,
+        "target_steps": 10_000,
+        "preset": preset or {"threshold": 475.0},
+        "runs": {"loop-gan": runs},
+        "rank_correlation": {
+            str(s): {"policies": [], "spearman": 0.5} for s in range(first_seed, first_seed + seeds)
+        },
+    }
+    return {
+        "machine": {"threads": 1},
+        "seeds": seeds,
+        "first_seed": first_seed,
+        "envs": {"CartPole-v1": entry},
+    }
+
+
+def test_merge_orders_disjoint_seeds_and_reports_them(bench) -> None:
+    merged = bench.merge_results(
+        [_part(2, 3), _part(0, 2, record_seed=False)]
+    )  # an older file: seeds by order
+    entry = merged["envs"]["CartPole-v1"]
+    assert [r["seed"] for r in entry["runs"]["loop-gan"]] == [0, 1, 2, 3, 4]
+    assert list(entry["rank_correlation"]) == ["0", "1", "2", "3", "4"] and merged["seeds"] == 5
+    assert "| 5 (0, 1, 2, 3, 4) |" in bench.markdown(merged)
+
+
+def test_merge_refuses_overlapping_seeds_and_different_presets(bench) -> None:
+    with pytest.raises(SystemExit, match="loop-gan seed 1 is in more than one file"):
+        bench.merge_results([_part(0, 2), _part(1, 2)])
+    with pytest.raises(SystemExit, match="different presets"):
+        bench.merge_results([_part(0, 1), _part(1, 1, preset={"threshold": 400.0})])
