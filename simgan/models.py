@@ -202,11 +202,17 @@ class Generator(nn.Module):
         """
         inputs = [cond, noise]
         if self.noise_components:
-            k = self.noise_components
-            uniform = 0.5 * (1.0 + torch.erf(noise[:, 0] * _INV_SQRT2))  # B, Phi(z_0) ~ U(0, 1)
-            component = (uniform * k).long().clamp_(0, k - 1)  # B
-            inputs.append(torch.nn.functional.one_hot(component, k).to(noise.dtype))  # B x K
+            component = self.component(noise)  # B
+            inputs.append(
+                torch.nn.functional.one_hot(component, self.noise_components).to(noise.dtype)
+            )  # B x K
         return self.residual_net(torch.cat(inputs, dim=-1))
+
+    def component(self, noise: torch.Tensor) -> torch.Tensor:
+        """noise B x Z -> the discrete latent's component ``floor(K * Phi(z_0))``, B int64 in [0, K)."""
+        k = self.noise_components
+        uniform = 0.5 * (1.0 + torch.erf(noise[:, 0] * _INV_SQRT2))  # B, Phi(z_0) ~ U(0, 1)
+        return (uniform * k).long().clamp_(0, k - 1)
 
     def forward(
         self, obs_n: torch.Tensor, action_input: torch.Tensor, noise: torch.Tensor

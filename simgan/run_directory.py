@@ -92,6 +92,8 @@ def save_resume_point(
     opt_d: torch.optim.Optimizer,
     rng: torch.Generator,
     counters: dict[str, Any],
+    *,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> None:
     """Write ``out/last/train_state.pt``: what a resumed run restores besides the model's weights.
 
@@ -105,6 +107,7 @@ def save_resume_point(
             "opt_d": opt_d.state_dict(),
             "rng": _rng_states(rng),
             "counters": dict(counters),
+            "modules": {name: m.state_dict() for name, m in (modules or {}).items()},  # training-only nets
         },
     )
 
@@ -120,14 +123,16 @@ def restore_resume_point(
     seed: int,
     dist: DistContext,
     device: torch.device,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
-    """Load ``out/last/`` into a freshly built model, its optimisers and the batch RNG; return the saved counters.
+    """Load ``out/last/`` into a freshly built model, its optimisers, the batch RNG and the training-only
+    ``modules`` (by name); return the saved counters.
 
     Rank 0 gets back every RNG state it saved (so a resumed run matches a straight one bit for bit); only rank 0's
     states are saved, so other ranks reseed their batch RNG from ``seed``, their rank and the saved step.
 
     Raises:
-        RunDirectoryError: ``dataset`` is not the dataset the run was trained on.
+        RunDirectoryError: ``dataset`` is not the dataset the run was trained on, or a saved module does not fit.
     """
     files = load_model_files(out / LAST_DIR)
     info = model.info
@@ -138,6 +143,13 @@ def restore_resume_point(
         )
     model.load_tensors({name: t.to(device) for name, t in files.tensors.items()})
     saved = load_train_state(out / LAST_DIR)
+    for name, module in (modules or {}).items():  # training-only nets (an empty module for a run without one)
+        try:
+            module.load_state_dict(saved.get("modules", {}).get(name, {}))
+        except RuntimeError as exc:
+            raise RunDirectoryError(
+                f"{out / LAST_DIR}: the saved {name} does not match the run's config ({exc})"
+            ) from None
     opt_g.load_state_dict(saved["opt_g"])
     opt_d.load_state_dict(saved["opt_d"])
     if dist.is_writer:

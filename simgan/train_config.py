@@ -59,6 +59,13 @@ class TrainConfig:
             "help": "K-way discrete latent of the residual generator, for multimodal dynamics (0: off)"
         },
     )
+    info_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the InfoGAN term: a classifier must tell the discrete component from the sample, "
+            "so components settle on separate modes (0: off; no effect without noise components)"
+        },
+    )
     mean_hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata={"help": "mean head hidden sizes"})
     residual_hidden: tuple[int, ...] = field(
         default=(128, 128), metadata={"help": "residual generator hidden sizes"}
@@ -98,6 +105,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.noise_components < 0 or self.noise_components == 1:
             raise ValueError(f"noise_components: expected 0 (off) or >= 2, got {self.noise_components}")
+        if not self.info_weight >= 0:
+            raise ValueError(f"info_weight: expected a number >= 0, got {self.info_weight}")
         if self.samples_per_condition < 2:
             raise ValueError(f"samples_per_condition: expected >= 2, got {self.samples_per_condition}")
         if self.loss not in LOSSES:
@@ -134,4 +143,5 @@ class TrainConfig:
         # runs saved before these existed were built without them (as ModelConfig.from_json reads their models)
         values.setdefault("noise_components", 0)
         values.setdefault("termination_hidden", [])
+        values.setdefault("info_weight", 0.0)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

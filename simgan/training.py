@@ -38,7 +38,7 @@ from simgan.device import resolve_device
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation
 from simgan.fsutil import atomic_write_bytes
-from simgan.models import ConditionalGAN
+from simgan.models import ConditionalGAN, mlp
 from simgan.run_directory import (
     FIGURE_FILE,
     LAST_DIR,
@@ -113,7 +113,11 @@ def train(
     batch, k = config.batch_size, config.samples_per_condition
 
     mean_params = gen.parameters_of_regression()  # mean head + termination head
-    residual_params = list(gen.residual_net.parameters())
+    classifier = _component_classifier(gen.noise_components, config, train_cond.shape[1] + target_dim).to(
+        device
+    )
+    dist.broadcast_parameters(classifier)
+    residual_params = [*gen.residual_net.parameters(), *classifier.parameters()]
     disc_params = list(disc.parameters())
     opt_g, opt_d = _optimizers(config, mean_params, residual_params, disc_params)
     rng = torch.Generator(device=device).manual_seed(config.seed + dist.rank)
@@ -134,7 +138,16 @@ def train(
     if resume:
         state.update(
             restore_resume_point(
-                out, model, opt_g, opt_d, rng, dataset=dataset, seed=config.seed, dist=dist, device=device
+                out,
+                model,
+                opt_g,
+                opt_d,
+                rng,
+                dataset=dataset,
+                seed=config.seed,
+                dist=dist,
+                device=device,
+                modules={"component_classifier": classifier},
             )
         )
     writer = (
@@ -198,12 +211,14 @@ def train(
         mse = F.mse_loss(mean, target)
         bce = F.binary_cross_entropy_with_logits(gen.termination_logit(cond, target), done)  # the real target
         cond_k = cond.repeat_interleave(k, dim=0)  # BK x (O + A)
-        residual = gen.residual(
-            cond_k, torch.randn(batch * k, config.noise_dim, generator=rng, device=device)
-        )  # BK x T
+        noise = torch.randn(batch * k, config.noise_dim, generator=rng, device=device)
+        residual = gen.residual(cond_k, noise)  # BK x T
         g_adv = losses.generator_loss(config.loss, disc(cond_k, residual))
         zero_mean = losses.unbiased_mean_square(residual.view(batch, k, target_dim))
         g_loss = mse + bce + g_adv + config.mean_penalty * zero_mean
+        if len(classifier):  # InfoGAN: which component drew this residual? (cross-entropy, bounded by log K)
+            info = F.cross_entropy(classifier(torch.cat([cond_k, residual], dim=-1)), gen.component(noise))
+            g_loss = g_loss + config.info_weight * info
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         dist.average_gradients(mean_params + residual_params)
@@ -229,6 +244,7 @@ def train(
                 "losses/mean_mse": mse,
                 "losses/termination_bce": bce,
                 "losses/zero_mean_penalty": zero_mean,
+                **({"losses/info_cross_entropy": info} if len(classifier) else {}),
                 "charts/d_real": losses.discriminator_probabilities(config.loss, d_real).mean(),
                 "charts/d_fake": losses.discriminator_probabilities(config.loss, d_fake).mean(),
                 "charts/grad_norm_d": d_grad,
@@ -276,7 +292,7 @@ def train(
                 _save_checkpoint(
                     out / LAST_DIR, model, config, {**_final_metrics(metrics, state), **calibration}
                 )
-                save_resume_point(out, opt_g, opt_d, rng, state)
+                save_resume_point(out, opt_g, opt_d, rng, state, modules={"component_classifier": classifier})
             if dist.broadcast_flag(stop):
                 break
     bar.close()
@@ -284,6 +300,19 @@ def train(
         return model.eval()
     writer.close()
     return load_model(out, device=device)  # type: ignore[return-value]
+
+
+def _component_classifier(components: int, config: TrainConfig, in_dim: int) -> torch.nn.Sequential:
+    """Q(component | s, a, residual), the InfoGAN term's classifier (training only; not part of the model).
+
+    Without it the generator tends to reach both modes of a bimodal transition through its continuous noise, every
+    discrete component spanning both, and a smooth map of the noise leaves mass between the modes. Rewarding the
+    generator for residuals from which Q can tell the component (cross-entropy, weight ``info_weight``) makes each
+    component settle on one mode. An empty ``Sequential`` (no parameters) when off.
+    """
+    if not (config.info_weight > 0 and components):
+        return torch.nn.Sequential()
+    return mlp(in_dim, (64, 64), components)  # in: (s, a) condition and residual
 
 
 def _training_tensors(
