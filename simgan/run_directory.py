@@ -5,7 +5,8 @@ Layout of a run directory ``out/`` (each model directory as described in :mod:`s
     model.json, weights-*.safetensors  the best checkpoint (validation energy score of generated transitions)
     generated_vs_real.png              the best checkpoint's samples at fixed validation (s, a)
     last/                              the latest checkpoint plus ``train_state.pt`` (optimiser states, every RNG
-                                       state, the loop's counters): the resume point
+                                       state, the loop's counters, training-only nets such as the InfoGAN
+                                       term's classifier): the resume point
     tb/                                TensorBoard
 
 :func:`simgan.training.train` writes it; the CLI checks ``--out`` here before the (slow) dataset load.

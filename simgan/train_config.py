@@ -60,10 +60,10 @@ class TrainConfig:
         },
     )
     info_weight: float = field(
-        default=1.0,
+        default=0.0,
         metadata={
-            "help": "weight of the InfoGAN term: a classifier must tell the discrete component from the sample, "
-            "so components settle on separate modes (0: off; no effect without noise components)"
+            "help": "weight of an InfoGAN term: a classifier must tell the discrete component from the sample, "
+            "pushing components onto separate modes (0: off, the default; no effect without noise components)"
         },
     )
     mean_hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata={"help": "mean head hidden sizes"})

@@ -305,10 +305,12 @@ def train(
 def _component_classifier(components: int, config: TrainConfig, in_dim: int) -> torch.nn.Sequential:
     """Q(component | s, a, residual), the InfoGAN term's classifier (training only; not part of the model).
 
-    Without it the generator tends to reach both modes of a bimodal transition through its continuous noise, every
+    Without it the generator can reach both modes of a bimodal transition through its continuous noise, every
     discrete component spanning both, and a smooth map of the noise leaves mass between the modes. Rewarding the
-    generator for residuals from which Q can tell the component (cross-entropy, weight ``info_weight``) makes each
-    component settle on one mode. An empty ``Sequential`` (no parameters) when off.
+    generator for residuals from which Q can tell the component (cross-entropy, weight ``info_weight``) pushes
+    components onto separate modes, but it can also hide the component in details Q sees and D does not care
+    about. Measured (bench_fidelity, 3 seeds, weight 1): KickedPendulum conditional MMD^2 ratio 1.30 -> 1.16,
+    ForkingPointMass 0.37 -> 0.46; so it is off by default. An empty ``Sequential`` (no parameters) when off.
     """
     if not (config.info_weight > 0 and components):
         return torch.nn.Sequential()

@@ -65,7 +65,9 @@ def test_same_seed_same_weights(dataset, tmp_path: Path) -> None:
 def test_resume_is_bit_exact(
     dataset, tmp_path: Path, loss: str, spectral_norm: bool, half_life: float
 ) -> None:
-    config = dataclasses.replace(TINY, loss=loss, spectral_norm=spectral_norm, lr_half_life=half_life)
+    config = dataclasses.replace(
+        TINY, loss=loss, spectral_norm=spectral_norm, lr_half_life=half_life, info_weight=1.0
+    )
     train(dataset, tmp_path / "straight", config, progress=False)
     train(dataset, tmp_path / "split", dataclasses.replace(config, steps=20), progress=False)
     train(dataset, tmp_path / "split", config, resume=True, progress=False)
@@ -77,6 +79,10 @@ def test_resume_is_bit_exact(
     )
     assert straight["counters"]["step"] == split["counters"]["step"] == 30
     assert torch.equal(straight["rng"]["batch_rng"], split["rng"]["batch_rng"])
+    classifier = straight["modules"]["component_classifier"]  # the InfoGAN term's (training-only) classifier
+    assert classifier and all(
+        torch.equal(v, split["modules"]["component_classifier"][n]) for n, v in classifier.items()
+    )
     for key in ("opt_g", "opt_d"):
         for index, slot in straight[key]["state"].items():
             for name, value in slot.items():
@@ -84,16 +90,19 @@ def test_resume_is_bit_exact(
 
 
 def test_a_run_saved_before_the_termination_net_existed_resumes(dataset, tmp_path: Path) -> None:
-    """Such a run's model.json has no termination_hidden: it resumes with the logit in the mean head."""
-    legacy = dataclasses.replace(TINY, steps=20, termination_hidden=())
+    """Such a run's model.json has no termination_hidden (nor info_weight): it resumes with the logit in the mean
+    head and without the InfoGAN term, as it was trained."""
+    legacy = dataclasses.replace(TINY, steps=20, termination_hidden=(), info_weight=0.0)
     train(dataset, tmp_path / "run", legacy, progress=False)
+    assert load_train_state(tmp_path / "run" / "last")["modules"]["component_classifier"] == {}
     for directory in (tmp_path / "run", tmp_path / "run" / "last"):
         meta = json.loads((directory / "model.json").read_text())
         for section in (meta["config"], meta["config"]["train"]):
             section.pop("termination_hidden", None)
+            section.pop("info_weight", None)
         (directory / "model.json").write_text(json.dumps(meta))
     saved = saved_config(tmp_path / "run")  # as `simgan train --resume --steps 30` reads it
-    assert saved.termination_hidden == ()
+    assert saved.termination_hidden == () and saved.info_weight == 0.0
     model = train(
         dataset, tmp_path / "run", dataclasses.replace(saved, steps=30), resume=True, progress=False
     )
@@ -146,6 +155,10 @@ def test_config_errors_say_what_was_expected() -> None:
         TrainConfig(loss="lsgan")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"noise_components: expected 0 \(off\) or >= 2, got 1"):
         TrainConfig(noise_components=1)
+    with pytest.raises(ValueError, match=r"info_weight: expected a number >= 0, got -1"):
+        TrainConfig(info_weight=-1.0)
+    with pytest.raises(ValueError, match=r"info_weight: expected a number >= 0, got nan"):
+        TrainConfig(info_weight=float("nan"))
     with pytest.raises(
         ValueError, match=r"mean_hidden: expected positive layer widths \(at least one\), got \(\)"
     ):
@@ -165,7 +178,7 @@ def test_tensorboard_has_the_documented_tags(dataset, tmp_path: Path) -> None:
     train(
         dataset,
         tmp_path / "run",
-        dataclasses.replace(TINY, loss="minimax", figures=True, log_every=10),
+        dataclasses.replace(TINY, loss="minimax", figures=True, log_every=10, info_weight=1.0),
         progress=False,
     )
     events = EventAccumulator(
@@ -175,6 +188,7 @@ def test_tensorboard_has_the_documented_tags(dataset, tmp_path: Path) -> None:
     for tag in (
         "losses/d_loss",
         "losses/g_loss",
+        "losses/info_cross_entropy",
         "charts/d_real",
         "charts/d_fake",
         "charts/jsd_estimate",
