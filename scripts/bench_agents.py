@@ -314,7 +314,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
-    atomic_write_json(out.with_suffix(".json"), results)
+    """OUT.md and OUT.png from ``results`` (OUT.json is written by whoever produced them), and the table."""
     atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
     write_plot(results, out.with_suffix(".png"))
     print(markdown(results))
@@ -346,13 +346,12 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if args.merge:
-        write_report(merge_results([json.loads(Path(p).read_text()) for p in args.merge]), out)
+        merged = merge_results([json.loads(Path(p).read_text()) for p in args.merge])
+        atomic_write_json(out.with_suffix(".json"), merged)
+        write_report(merged, out)
         return
     if args.report_only:
-        results = json.loads(out.with_suffix(".json").read_text())
-        atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
-        write_plot(results, out.with_suffix(".png"))
-        print(markdown(results))
+        write_report(json.loads(out.with_suffix(".json").read_text()), out)
         return
     torch.set_num_threads(1)  # small MLPs: fastest single-threaded on a shared CPU
 
@@ -392,10 +391,12 @@ def main() -> None:
                     flush=True,
                 )
                 atomic_write_json(
-                    Path(args.out + ".json"), results
+                    out.with_suffix(".json"), results
                 )  # partial results survive an interruption
             entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir)
-            atomic_write_json(out.with_suffix(".json"), results)
+            atomic_write_json(
+                out.with_suffix(".json"), results
+            )  # ... and after the last seed, the final results
     write_report(results, out)
 
 
