@@ -270,6 +270,27 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A results file written by this script, or SystemExit naming what is wrong with it."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"{path}: expected a bench_agents results JSON file, could not read it ({exc})"
+        ) from exc
+    envs = results.get("envs") if isinstance(results, dict) else None
+    if (
+        not isinstance(envs, dict)
+        or "machine" not in results
+        or not all(isinstance(e, dict) and {"preset", "runs"} <= e.keys() for e in envs.values())
+    ):
+        raise SystemExit(
+            f"{path}: expected a bench_agents results file (keys 'machine' and 'envs', each env with "
+            f"'preset' and 'runs'), got keys {sorted(results) if isinstance(results, dict) else type(results).__name__}"
+        )
+    return results
+
+
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One results dict from several runs of this script (e.g. disjoint seeds run in parallel processes).
 
@@ -346,12 +367,12 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if args.merge:
-        merged = merge_results([json.loads(Path(p).read_text()) for p in args.merge])
+        merged = merge_results([read_results(p) for p in args.merge])
         atomic_write_json(out.with_suffix(".json"), merged)
         write_report(merged, out)
         return
     if args.report_only:
-        write_report(json.loads(out.with_suffix(".json").read_text()), out)
+        write_report(read_results(out.with_suffix(".json")), out)
         return
     torch.set_num_threads(1)  # small MLPs: fastest single-threaded on a shared CPU
 

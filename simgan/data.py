@@ -34,7 +34,6 @@ from simgan.dataset_format import (  # noqa: F401 (re-exported: the format stays
     check_schema,
     decode_shard,
     encode_shard,
-    iter_shard_files,
     read_manifest,
     read_shard,
     write_manifest,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,11 +240,6 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def iter_shard_files(directory: str | Path) -> Iterable[Path]:
-    """Shard files present on disk (complete ones only: temp files never match)."""
-    return sorted(Path(directory).glob("shard-*.npz"))
-
-
 __all__ = [
     "FIELDS",
     "FORMAT_VERSION",
@@ -261,7 +256,6 @@ __all__ = [
     "check_schema",
     "decode_shard",
     "encode_shard",
-    "iter_shard_files",
     "read_manifest",
     "read_shard",
     "write_manifest",

@@ -61,3 +61,19 @@ def test_merge_refuses_overlapping_seeds_and_different_presets(bench) -> None:
         bench.merge_results([_part(0, 2), _part(1, 2)])
     with pytest.raises(SystemExit, match="different presets"):
         bench.merge_results([_part(0, 1), _part(1, 1, preset={"threshold": 400.0})])
+
+
+def test_reading_a_file_that_is_not_results_names_what_was_expected(bench, tmp_path: Path) -> None:
+    import json
+
+    other = tmp_path / "fidelity.json"
+    other.write_text(json.dumps({"envs": {"Pendulum-v1": {"metrics": {}}}}))
+    with pytest.raises(SystemExit, match=r"expected a bench_agents results file.*got keys \['envs'\]"):
+        bench.read_results(other)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SystemExit, match="could not read it"):
+        bench.read_results(broken)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_part(0, 1)))
+    assert bench.read_results(good)["envs"]["CartPole-v1"]["preset"] == {"threshold": 475.0}
