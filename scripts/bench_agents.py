@@ -366,13 +366,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = Path(args.out)
+    results_json = out.with_suffix(".json")
     if args.merge:
         merged = merge_results([read_results(p) for p in args.merge])
-        atomic_write_json(out.with_suffix(".json"), merged)
+        atomic_write_json(results_json, merged)
         write_report(merged, out)
         return
     if args.report_only:
-        write_report(read_results(out.with_suffix(".json")), out)
+        write_report(read_results(results_json), out)
         return
     torch.set_num_threads(1)  # small MLPs: fastest single-threaded on a shared CPU
 
@@ -411,13 +412,9 @@ def main() -> None:
                     f"  -> {run['steps_to_threshold']} real steps to threshold ({run['seconds']:.0f}s)",
                     flush=True,
                 )
-                atomic_write_json(
-                    out.with_suffix(".json"), results
-                )  # partial results survive an interruption
+                atomic_write_json(results_json, results)  # partial results survive an interruption
             entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir)
-            atomic_write_json(
-                out.with_suffix(".json"), results
-            )  # ... and after the last seed, the final results
+            atomic_write_json(results_json, results)  # now with this seed's rank correlation
     write_report(results, out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,6 @@ def test_merge_refuses_overlapping_seeds_and_different_presets(bench) -> None:
 
 
 def test_reading_a_file_that_is_not_results_names_what_was_expected(bench, tmp_path: Path) -> None:
-    import json
-
     other = tmp_path / "fidelity.json"
     other.write_text(json.dumps({"envs": {"Pendulum-v1": {"metrics": {}}}}))
     with pytest.raises(SystemExit, match=r"expected a bench_agents results file.*got keys \['envs'\]"):
