@@ -40,6 +40,7 @@ from simgan.errors import SimganError
 from simgan.world_model import (
     CONSTANT_COLUMN_STD,
     ModelInfo,
+    SpaceClamp,
     encode_action,
     realism_from_scores,
     transition_tensors,
@@ -122,6 +123,7 @@ class GaussianEnsemble(nn.Module):
             self.register_buffer(f"{name}_std", torch.ones(dim))
         self.register_buffer("elite_index", torch.arange(config.elites))
         self.register_buffer("realism_reference", torch.zeros(0))
+        self.space_clamp = SpaceClamp(info.observation_space)  # samples stay where the env's states can be
         # Step-to-step correlation of the noise in forecasts (simgan.forecast_calibration; set by training).
         self.noise_correlation = 0.0
 
@@ -227,6 +229,10 @@ class GaussianEnsemble(nn.Module):
         rows = torch.arange(batch, device=self.device)
         target = mean[member, rows] + torch.exp(0.5 * logvar[member, rows]) * noise[:, : self.target_dim]
         next_obs, reward = self._untarget(obs, target)
+        if self.space_clamp.bounded:  # the realism is of the clamped transition, the one returned
+            next_obs = self.space_clamp(next_obs)
+            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            target = self.normalized_targets(obs, next_obs, reward)
         return next_obs, reward, logit[member, rows] > 0.0, target, mean, logvar
 
     # ---- the WorldModel interface ----------------------------------------------------------------------------
@@ -268,7 +274,7 @@ class GaussianEnsemble(nn.Module):
         """The elites' average prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B)."""
         mean, _, logit = self.forward(self.normalized_inputs(obs, action))
         next_obs, reward = self._untarget(obs, mean[self.elite_index].mean(0))
-        return next_obs, reward, torch.sigmoid(logit[self.elite_index]).mean(0)
+        return self.space_clamp(next_obs), reward, torch.sigmoid(logit[self.elite_index]).mean(0)
 
     @torch.no_grad()
     def log_density(

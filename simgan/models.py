@@ -38,6 +38,7 @@ from simgan.errors import SimganError
 from simgan.world_model import (
     CONSTANT_COLUMN_STD,
     ModelInfo,
+    SpaceClamp,
     encode_action,
     realism_from_scores,
     transition_tensors,
@@ -148,6 +149,19 @@ class Normalizer(nn.Module):
         reward_n = (reward.reshape(-1, 1) - self.reward_mean) / self.reward_std
         return torch.cat([delta, reward_n], dim=-1)
 
+    def target_bounds(
+        self, obs: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The observation bounds ``low``/``high`` (O) as bounds on the normalised target from ``obs``: B x T each.
+
+        The reward column is unbounded (-inf, inf), as is any dimension whose bound is infinite.
+        """
+        unbounded = torch.full((obs.shape[0], 1), torch.inf, device=obs.device)
+        return (
+            torch.cat([(low - obs - self.delta_mean) / self.delta_std, -unbounded], dim=-1),
+            torch.cat([(high - obs - self.delta_mean) / self.delta_std, unbounded], dim=-1),
+        )
+
     def untarget(self, obs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inverse of :meth:`target`: (next_obs B x O, reward B)."""
         obs_dim = obs.shape[-1]
@@ -214,6 +228,18 @@ class Generator(nn.Module):
         uniform = 0.5 * (1.0 + torch.erf(noise[:, 0] * _INV_SQRT2))  # B, Phi(z_0) ~ U(0, 1)
         return (uniform * k).long().clamp_(0, k - 1)
 
+    def bounded(
+        self, mean: torch.Tensor, residual: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generated target ``mean + scale * residual`` clamped to ``[low, high]`` (B x T each, from
+        :meth:`Normalizer.target_bounds`), and the residual that clamped target amounts to (what the
+        discriminator judges for the realism of a sample). Where nothing is clamped both are exactly the
+        unclamped values.
+        """
+        target = mean + self.residual_scale * residual
+        clamped = torch.clamp(target, low, high)
+        return clamped, residual + (clamped - target) / self.residual_scale
+
     def forward(
         self, obs_n: torch.Tensor, action_input: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -253,6 +279,7 @@ class ConditionalGAN(nn.Module):
         self.register_buffer("realism_reference", torch.zeros(0))
         # Step-to-step correlation of the noise in forecasts (simgan.forecast_calibration; set by training).
         self.noise_correlation = 0.0
+        self.space_clamp = SpaceClamp(info.observation_space)
 
     @property
     def device(self) -> torch.device:
@@ -293,17 +320,24 @@ class ConditionalGAN(nn.Module):
         noise: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One generator pass: (next_obs B x O, reward B, terminated B, cond B x (O + A), residual B x T)."""
+        """One generator pass: (next_obs B x O, reward B, terminated B, cond B x (O + A), residual B x T).
+
+        Next states are clamped into the observation space (:class:`simgan.world_model.SpaceClamp`); the
+        residual returned is the one the clamped transition amounts to, which is what the discriminator judges.
+        """
         cond = self.condition(obs, action)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         z = self._noise(cond.shape[0], noise, generator)
         mean = self.generator.mean(cond)
         residual = self.generator.residual(cond, z)
-        target = mean + self.generator.residual_scale * residual
-        next_obs, reward = self.normalizer.untarget(
-            torch.as_tensor(obs, dtype=torch.float32, device=self.device), target
-        )
+        if self.space_clamp.bounded:
+            low, high = self.normalizer.target_bounds(obs, *self.space_clamp.bounds(self.device))
+            target, residual = self.generator.bounded(mean, residual, low, high)
+        else:
+            target = mean + self.generator.residual_scale * residual
+        next_obs, reward = self.normalizer.untarget(obs, target)
         terminated = self.generator.termination_logit(cond, target) > 0.0
-        return next_obs, reward, terminated, cond, residual
+        return self.space_clamp(next_obs), reward, terminated, cond, residual
 
     @torch.no_grad()
     def sample(
@@ -350,7 +384,8 @@ class ConditionalGAN(nn.Module):
         next_obs, reward = self.normalizer.untarget(
             torch.as_tensor(obs, dtype=torch.float32, device=self.device), mean
         )
-        return next_obs, reward, torch.sigmoid(self.generator.termination_logit(cond, mean))
+        # a mean outside the space is clamped: the projection is closer to any state the env can return
+        return self.space_clamp(next_obs), reward, torch.sigmoid(self.generator.termination_logit(cond, mean))
 
     def judged_residual(
         self, cond: torch.Tensor, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor

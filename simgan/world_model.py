@@ -160,6 +160,39 @@ class WorldModel(Protocol):
     def to(self, device: torch.device | str) -> WorldModel: ...
 
 
+class SpaceClamp:
+    """Keeps next observations inside the observation space's bounds, as the real env does.
+
+    A real env never returns a state outside its observation space (Pendulum clips its angular velocity to
+    +-8), so a model's sample should not either. Without this a model has to learn, from the data alone, that
+    two kicks of a pendulum at its speed limit land on the same clipped state. Infinite bounds (most MuJoCo
+    dimensions) leave a dimension untouched, and a space without finite bounds is not touched at all, so such
+    models give bit for bit what they gave before.
+    """
+
+    def __init__(self, space: gym.spaces.Box) -> None:
+        self.low = np.asarray(space.low, dtype=np.float32).reshape(-1)
+        self.high = np.asarray(space.high, dtype=np.float32).reshape(-1)
+        self.bounded = bool(np.isfinite(self.low).any() or np.isfinite(self.high).any())
+        self._tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def bounds(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low O, high O) float32 tensors on ``device`` (made once per device)."""
+        if device not in self._tensors:
+            self._tensors[device] = (
+                torch.as_tensor(self.low, device=device),
+                torch.as_tensor(self.high, device=device),
+            )
+        return self._tensors[device]
+
+    def __call__(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """B x O next observations clamped into the bounds (the same tensor when the space is unbounded)."""
+        if not self.bounded:
+            return next_obs
+        low, high = self.bounds(next_obs.device)
+        return torch.clamp(next_obs, low, high)
+
+
 def realism_from_scores(reference: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Scores (B, higher = more real) -> realism in [0, 1]: the fraction of the sorted ``reference`` (the scores of
     real validation transitions) below each one."""

@@ -1,0 +1,121 @@
+"""Models keep their samples inside the observation space, as the real env does (``SpaceClamp``)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from test_models import CONFIG, random_batch
+
+from simgan.dataset_format import TransitionBatch
+from simgan.ensemble import EnsembleConfig, GaussianEnsemble
+from simgan.models import ConditionalGAN
+from simgan.world_model import ModelInfo, SpaceClamp
+
+BOUNDED = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+
+
+def bounded_info() -> ModelInfo:
+    return ModelInfo(
+        env_id="Test-v0",
+        env_kwargs={},
+        observation_space=BOUNDED,
+        action_space=gym.spaces.Box(-2.0, 2.0, (2,), np.float32),
+        max_episode_steps=50,
+        initial_states=np.zeros((2, 3), np.float32),
+        state_low=-np.ones(3, np.float32),
+        state_high=np.ones(3, np.float32),
+        dataset_sha256="0" * 64,
+    )
+
+
+def inside(batch: TransitionBatch) -> TransitionBatch:
+    """The batch with its states squashed into [-1, 1]^3, as a bounded env's data would be."""
+    return TransitionBatch(
+        **{**batch.arrays(), "obs": np.tanh(batch.obs), "next_obs": np.tanh(batch.next_obs)}
+    )
+
+
+def tensors(batch: TransitionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(batch.obs), torch.as_tensor(batch.action)
+
+
+def test_finite_bounds_clamp_and_infinite_ones_leave_values_alone() -> None:
+    space = gym.spaces.Box(
+        np.array([-1.0, -np.inf], np.float32), np.array([1.0, np.inf], np.float32), dtype=np.float32
+    )
+    clamp = SpaceClamp(space)
+    x = torch.tensor([[2.0, 1e30], [-3.0, -1e30], [0.5, 0.25]])
+    assert torch.equal(clamp(x), torch.tensor([[1.0, 1e30], [-1.0, -1e30], [0.5, 0.25]]))
+    unbounded = SpaceClamp(gym.spaces.Box(-np.inf, np.inf, (2,), np.float32))
+    assert not unbounded.bounded and unbounded(x) is x  # bit for bit: the very same tensor
+
+
+@pytest.fixture
+def wild_gan() -> tuple[ConditionalGAN, TransitionBatch]:
+    """A GAN whose residual is 50x too wide: most raw samples would leave [-1, 1]^3."""
+    torch.manual_seed(0)
+    info = bounded_info()
+    batch = inside(random_batch(info, 64))
+    model = ConditionalGAN(info, CONFIG)
+    model.normalizer.fit(batch, info)
+    model.generator.residual_scale.fill_(50.0)
+    return model, batch
+
+
+def test_gan_samples_stay_in_the_space_and_realism_judges_what_was_returned(wild_gan) -> None:
+    model, batch = wild_gan
+    obs, action = tensors(batch)
+    noise = torch.randn(64, CONFIG.noise_dim, generator=torch.Generator().manual_seed(1))
+    next_obs, reward, terminated = model.sample(obs, action, noise=noise)
+    assert float(next_obs.abs().max()) == 1.0  # clamped into [-1, 1]^3 ...
+    assert 0.05 < float((next_obs.abs() == 1.0).float().mean()) < 0.95  # ... some on a bound, not all
+    # the fused step's realism is that of the clamped transition, not of the raw residual
+    sampled = TransitionBatch(**{**batch.arrays(), "next_obs": next_obs.numpy(), "reward": reward.numpy()})
+    model.calibrate_realism(sampled)
+    fused = model.sample_with_realism(obs, action, noise=noise)
+    assert torch.equal(fused[0], next_obs) and torch.equal(fused[2], terminated)
+    expected = model.realism(obs, action, next_obs, reward)
+    assert torch.allclose(fused[3], expected, atol=1.0 / 64 + 1e-6), (fused[3], expected)
+
+
+def test_gan_mean_outside_the_space_is_clamped(wild_gan) -> None:
+    model, batch = wild_gan
+    model.normalizer.delta_mean.fill_(10.0)  # every predicted next state far above the upper bound
+    next_obs, _, _ = model.mean(*tensors(batch))
+    assert torch.equal(next_obs, torch.ones_like(next_obs))
+
+
+def test_bounded_residual_is_exact_where_nothing_is_clamped() -> None:
+    """Generator.bounded: unclamped elements are the raw values bit for bit; clamped ones sit on the bound."""
+    model = ConditionalGAN(bounded_info(), CONFIG)
+    gen = model.generator
+    gen.residual_scale.copy_(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    mean = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    residual = torch.tensor([[0.1, 3.0, -3.0, 100.0]])
+    low = torch.tensor([[-1.0, -1.0, -1.0, -torch.inf]])
+    high = torch.tensor([[1.0, 1.0, 1.0, torch.inf]])
+    target, judged = gen.bounded(mean, residual, low, high)
+    assert torch.equal(target, torch.tensor([[0.2, 1.0, -1.0, 100.0]]))
+    assert torch.equal(judged[0, [0, 3]], residual[0, [0, 3]])
+    assert torch.allclose(judged[0, 1:3], torch.tensor([0.5, -0.5]))  # the bound, in residual units
+
+
+def test_ensemble_samples_stay_in_the_space_and_realism_judges_what_was_returned() -> None:
+    torch.manual_seed(0)
+    info = bounded_info()
+    batch = inside(random_batch(info, 64))
+    model = GaussianEnsemble(info, EnsembleConfig(members=3, elites=2, hidden=(8,), progress=False))
+    model.target_std.fill_(5.0)  # wide Gaussians: raw draws leave the space often
+    obs, action = tensors(batch)
+    noise = torch.randn(64, model.noise_dim, generator=torch.Generator().manual_seed(1))
+    next_obs, reward, _ = model.sample(obs, action, noise=noise)
+    assert float(next_obs.abs().max()) == 1.0
+    assert 0.05 < float((next_obs.abs() == 1.0).float().mean()) < 0.95
+    model.realism_reference = torch.sort(model.log_density(obs, action, next_obs, reward)).values
+    fused = model.sample_with_realism(obs, action, noise=noise)
+    assert torch.equal(fused[0], next_obs)
+    torch.testing.assert_close(fused[3], model.realism(obs, action, next_obs, reward))
+    model.target_mean.fill_(10.0)
+    assert torch.equal(model.mean(obs, action)[0], torch.ones_like(next_obs))
