@@ -2,8 +2,10 @@
 
     G(s, a, z) = mu(s, a) + scale * f(s, a, z)          (in normalised (delta s, reward) units)
 
-* ``mu`` (the mean head) is trained by plain MSE regression on the normalised target ``(s' - s, r)``, so it is
-  the conditional mean, as precise as regression.
+* ``mu`` (the mean head) is trained by MSE regression on the normalised target ``(s' - s, r)``, so it is the
+  conditional mean, as precise as regression. The model clamps it into the observation space
+  (:meth:`ConditionalGAN.bounded_mean`), and where the real next state lies on a bound (Pendulum at its speed
+  limit) its regression counts an overshoot as no error, so it need not learn the clip's kink.
 * ``p(terminated | s, a, s')`` (the termination head, a small MLP of its own) is trained with BCE on real
   transitions and, when sampling, reads the *generated* transition, so an episode ends where the sampled next
   state is terminal (``terminated = p > 0.5``). It used to be one more output of the mean head; the termination
@@ -328,11 +330,10 @@ class ConditionalGAN(nn.Module):
         cond = self.condition(obs, action)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         z = self._noise(cond.shape[0], noise, generator)
-        mean = self.generator.mean(cond)
+        mean, bounds = self.bounded_mean(cond, obs)
         residual = self.generator.residual(cond, z)
-        if self.space_clamp.bounded:
-            low, high = self.normalizer.target_bounds(obs, *self.space_clamp.bounds(self.device))
-            target, residual = self.generator.bounded(mean, residual, low, high)
+        if bounds is not None:
+            target, residual = self.generator.bounded(mean, residual, *bounds)
         else:
             target = mean + self.generator.residual_scale * residual
         next_obs, reward = self.normalizer.untarget(obs, target)
@@ -380,11 +381,9 @@ class ConditionalGAN(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The mean head's prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B at that mean transition)."""
         cond = self.condition(obs, action)
-        mean = self.generator.mean(cond)
-        next_obs, reward = self.normalizer.untarget(
-            torch.as_tensor(obs, dtype=torch.float32, device=self.device), mean
-        )
-        # a mean outside the space is clamped: the projection is closer to any state the env can return
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        mean, _ = self.bounded_mean(cond, obs)
+        next_obs, reward = self.normalizer.untarget(obs, mean)
         return self.space_clamp(next_obs), reward, torch.sigmoid(self.generator.termination_logit(cond, mean))
 
     def judged_residual(
@@ -393,8 +392,23 @@ class ConditionalGAN(nn.Module):
         """What the discriminator sees of a real transition: (target - mu) / scale, B x T."""
         target = self.normalizer.target(obs, next_obs, reward)
         with torch.no_grad():
-            mean = self.generator.mean(cond)
+            mean, _ = self.bounded_mean(cond, obs)
         return (target - mean) / self.generator.residual_scale
+
+    def bounded_mean(
+        self, cond: torch.Tensor, obs: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The mean head's target (B x T) clamped into the observation space, and the target bounds (two B x T,
+        :meth:`Normalizer.target_bounds`) or None when the space has no finite bound.
+
+        Training lets the mean head overshoot a bound where the real next state lies on it (Pendulum's speed
+        limit), so the clamped mean, not the raw one, is the model's mean.
+        """
+        mean = self.generator.mean(cond)
+        if not self.space_clamp.bounded:
+            return mean, None
+        low, high = self.normalizer.target_bounds(obs, *self.space_clamp.bounds(self.device))
+        return torch.clamp(mean, low, high), (low, high)
 
     def _judge(self, cond: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:
         """Raw discriminator scores (B) of judged residuals, with spectral norm in eval mode."""

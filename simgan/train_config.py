@@ -59,6 +59,14 @@ class TrainConfig:
             "help": "K-way discrete latent of the residual generator, for multimodal dynamics (0: off)"
         },
     )
+    clamp_mean: bool = field(
+        default=True,
+        metadata={
+            "help": "regress the mean head as the model uses it, clamped into the observation space: where the "
+            "real next state lies on a bound (Pendulum's speed limit) an overshoot is no error (off: plain MSE, "
+            "as runs saved before it)"
+        },
+    )
     info_weight: float = field(
         default=0.0,
         metadata={
@@ -144,4 +152,5 @@ class TrainConfig:
         values.setdefault("noise_components", 0)
         values.setdefault("termination_hidden", [])
         values.setdefault("info_weight", 0.0)
+        values.setdefault("clamp_mean", False)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

@@ -84,7 +84,8 @@ def test_gan_mean_outside_the_space_is_clamped(wild_gan) -> None:
     model, batch = wild_gan
     model.normalizer.delta_mean.fill_(10.0)  # every predicted next state far above the upper bound
     next_obs, _, _ = model.mean(*tensors(batch))
-    assert torch.equal(next_obs, torch.ones_like(next_obs))
+    assert float(next_obs.max()) <= 1.0
+    torch.testing.assert_close(next_obs, torch.ones_like(next_obs))  # on the bound, to float rounding
 
 
 def test_bounded_residual_is_exact_where_nothing_is_clamped() -> None:
@@ -119,3 +120,22 @@ def test_ensemble_samples_stay_in_the_space_and_realism_judges_what_was_returned
     torch.testing.assert_close(fused[3], model.realism(obs, action, next_obs, reward))
     model.target_mean.fill_(10.0)
     assert torch.equal(model.mean(obs, action)[0], torch.ones_like(next_obs))
+
+
+def test_mean_head_regression_lets_an_overshoot_past_a_bound_the_target_lies_on_go() -> None:
+    """training._bounded_mean: where the target is on a bound, an overshoot is clamped (no error, no gradient);
+    where it is inside, the raw output keeps its error and gradient even outside the bounds."""
+    from simgan.training import _bounded_mean
+
+    low = torch.tensor([[-1.0, -torch.inf], [-1.0, -torch.inf], [-1.0, -torch.inf]])
+    high = torch.tensor([[1.0, torch.inf], [1.0, torch.inf], [1.0, torch.inf]])
+    target = torch.tensor([[1.0, 0.0], [0.5, 0.0], [1.0, 0.0]])  # rows 0 and 2 on the upper bound
+    mean = torch.tensor([[1.5, 0.25], [1.5, 0.25], [0.5, 0.25]], requires_grad=True)
+    regressed, used = _bounded_mean(mean, target, (low, high), torch.arange(3))
+    assert torch.equal(regressed.detach(), torch.tensor([[1.0, 0.25], [1.5, 0.25], [0.5, 0.25]]))
+    assert torch.equal(used.detach(), torch.tensor([[1.0, 0.25], [1.0, 0.25], [0.5, 0.25]]))
+    ((regressed - target) ** 2).sum().backward()
+    # the overshoot on the bound passes nothing back; the overshoot of an inner target and the undershoot do
+    assert torch.equal(mean.grad[:, 0], torch.tensor([0.0, 2.0, -1.0]))
+    unbounded = _bounded_mean(mean, target, None, torch.arange(3))
+    assert unbounded[0] is mean and unbounded[1] is mean

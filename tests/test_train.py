@@ -90,9 +90,9 @@ def test_resume_is_bit_exact(
 
 
 def test_a_run_saved_before_the_termination_net_existed_resumes(dataset, tmp_path: Path) -> None:
-    """Such a run's model.json has no termination_hidden (nor info_weight): it resumes with the logit in the mean
-    head and without the InfoGAN term, as it was trained."""
-    legacy = dataclasses.replace(TINY, steps=20, termination_hidden=(), info_weight=0.0)
+    """Such a run's model.json has no termination_hidden (nor info_weight, nor clamp_mean): it resumes with the
+    logit in the mean head, without the InfoGAN term and with plain MSE on the mean head, as it was trained."""
+    legacy = dataclasses.replace(TINY, steps=20, termination_hidden=(), info_weight=0.0, clamp_mean=False)
     train(dataset, tmp_path / "run", legacy, progress=False)
     assert load_train_state(tmp_path / "run" / "last")["modules"]["component_classifier"] == {}
     for directory in (tmp_path / "run", tmp_path / "run" / "last"):
@@ -100,9 +100,10 @@ def test_a_run_saved_before_the_termination_net_existed_resumes(dataset, tmp_pat
         for section in (meta["config"], meta["config"]["train"]):
             section.pop("termination_hidden", None)
             section.pop("info_weight", None)
+            section.pop("clamp_mean", None)
         (directory / "model.json").write_text(json.dumps(meta))
     saved = saved_config(tmp_path / "run")  # as `simgan train --resume --steps 30` reads it
-    assert saved.termination_hidden == () and saved.info_weight == 0.0
+    assert saved.termination_hidden == () and saved.info_weight == 0.0 and not saved.clamp_mean
     model = train(
         dataset, tmp_path / "run", dataclasses.replace(saved, steps=30), resume=True, progress=False
     )
