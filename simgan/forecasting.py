@@ -25,7 +25,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from simgan.errors import SimganError
+from simgan.forecast_inputs import (
+    ForecastError,
+    check_correlation,
+    check_plan,
+    check_policy_output,
+    check_positive_int,
+    check_states,
+    chunk_rows,
+)
 from simgan.fsutil import atomic_write_bytes, atomic_write_json
 from simgan.world_model import WorldModel
 
@@ -33,10 +41,6 @@ DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of forecast output (and model work) held at once
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
-
-
-class ForecastError(SimganError, ValueError):
-    """A forecast request that cannot be served (bad states, plan, policy output, sizes)."""
 
 
 @dataclass(frozen=True)
@@ -224,19 +228,19 @@ def forecast(
     """
     space = model.info.action_space
     obs_dim = model.info.obs_dim
-    start = _check_states(states, obs_dim)
+    start = check_states(states, obs_dim)
     batch = len(start)
-    horizon = _check_positive_int(horizon, "horizon")
-    num_samples = _check_positive_int(num_samples, "num_samples")
+    horizon = check_positive_int(horizon, "horizon")
+    num_samples = check_positive_int(num_samples, "num_samples")
     if policy is not None and actions is not None:
         raise ForecastError("give either a policy (closed loop) or an actions plan (open loop), not both")
-    plan = None if actions is None else _check_plan(actions, batch, horizon, space)
+    plan = None if actions is None else check_plan(actions, batch, horizon, space)
     if noise is not None and noise_correlation not in (None, 0.0):
         raise ForecastError(
             f"noise / noise_correlation: a fixed noise array fixes every step; got noise_correlation="
             f"{noise_correlation!r} as well"
         )
-    rho = _check_correlation(
+    rho = check_correlation(
         getattr(model, "noise_correlation", 0.0) if noise_correlation is None else noise_correlation
     )
     fixed_noise = None
@@ -253,7 +257,7 @@ def forecast(
 
     act_shape = () if isinstance(space, gym.spaces.Discrete) else tuple(space.shape)
     out = _allocate(batch, num_samples, horizon, obs_dim, act_shape, space)
-    rows_per_chunk = _rows_per_chunk(max_memory, horizon, obs_dim, act_shape, model.noise_dim)
+    rows_per_chunk = chunk_rows(max_memory, horizon, obs_dim, act_shape, model.noise_dim)
     total_rows = batch * num_samples
     device = model.device
     rng = np.random.default_rng(seed)
@@ -279,7 +283,7 @@ def forecast(
             if plan is not None:
                 action_np = plan[b_idx, t]
             elif policy is not None:
-                action_np = _check_policy_output(policy(obs.cpu().numpy()), len(rows), space)
+                action_np = check_policy_output(policy(obs.cpu().numpy()), len(rows), space)
             else:
                 action_np = _random_actions(space, len(rows), rng)
             action = torch.as_tensor(action_np, device=device)
@@ -317,66 +321,8 @@ def forecast(
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Input checks and helpers
+# Helpers (the input checks are in simgan.forecast_inputs)
 # -----------------------------------------------------------------------------------------------------------------
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ForecastError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_states(states: Any, obs_dim: int) -> np.ndarray:
-    arr = np.asarray(states, dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != obs_dim or len(arr) == 0:
-        raise ForecastError(f"states: expected shape ({obs_dim},) or (B, {obs_dim}), got {np.shape(states)}")
-    if not np.isfinite(arr).all():
-        raise ForecastError("states: expected finite values, got NaN or inf")
-    return arr
-
-
-def _check_plan(actions: Any, batch: int, horizon: int, space: gym.Space) -> np.ndarray:
-    discrete = isinstance(space, gym.spaces.Discrete)
-    per_step = () if discrete else tuple(space.shape)
-    arr = np.asarray(actions)
-    shared = (horizon, *per_step)
-    if arr.shape == shared:
-        arr = np.broadcast_to(arr, (batch, *shared))
-    if arr.shape != (batch, *shared):
-        raise ForecastError(
-            f"actions: expected shape {shared} or {(batch, *shared)}, got {np.shape(actions)}"
-        )
-    return _check_actions(arr, space, "actions")
-
-
-def _check_policy_output(action: Any, rows: int, space: gym.Space) -> np.ndarray:
-    per_step = () if isinstance(space, gym.spaces.Discrete) else tuple(space.shape)
-    arr = np.asarray(action)
-    if arr.shape != (rows, *per_step):
-        raise ForecastError(f"policy returned actions of shape {arr.shape}, expected {(rows, *per_step)}")
-    return _check_actions(arr, space, "policy actions")
-
-
-def _check_actions(arr: np.ndarray, space: gym.Space, what: str) -> np.ndarray:
-    if isinstance(space, gym.spaces.Discrete):
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ForecastError(f"{what}: expected integer actions for {space}, got dtype {arr.dtype}")
-        lo, hi = int(space.start), int(space.start + space.n - 1)
-        if arr.min() < lo or arr.max() > hi:
-            raise ForecastError(f"{what}: expected values in [{lo}, {hi}], got [{arr.min()}, {arr.max()}]")
-        return arr.astype(np.int64)
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ForecastError(f"{what}: expected finite values, got NaN or inf")
-    if (arr < space.low - 1e-6).any() or (arr > space.high + 1e-6).any():
-        raise ForecastError(
-            f"{what}: expected values within the action bounds [{space.low.tolist()}, {space.high.tolist()}], "
-            f"got range [{arr.min():.4g}, {arr.max():.4g}]"
-        )
-    return arr
 
 
 def _random_actions(space: gym.Space, rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -397,25 +343,6 @@ def _allocate(
         "alive": np.zeros((batch, samples, horizon), bool),
         "realism": np.full((batch, samples, horizon), np.nan, np.float32),
     }
-
-
-def _check_correlation(rho: Any) -> float:
-    if (
-        isinstance(rho, bool)
-        or not isinstance(rho, (int, float, np.floating))
-        or not 0.0 <= float(rho) <= 1.0
-    ):
-        raise ForecastError(f"noise_correlation: expected a number in [0, 1], got {rho!r}")
-    return float(rho)
-
-
-def _rows_per_chunk(max_memory: int, horizon: int, obs_dim: int, act_shape: tuple, noise_dim: int) -> int:
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
-        raise ForecastError(f"max_memory: expected a positive number of bytes, got {max_memory!r}")
-    # Working set per row and step: model activations dominate (a few KB per row for 256-wide MLPs).
-    act_dim = int(np.prod(act_shape)) if act_shape else 1
-    per_row = 4 * (8 * obs_dim + 2 * act_dim + noise_dim + 4 * 256 + 8)
-    return max(1, min(1 << 20, int(max_memory // per_row)))
 
 
 def __getattr__(name: str) -> Any:
