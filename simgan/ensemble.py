@@ -213,7 +213,10 @@ class GaussianEnsemble(nn.Module):
         noise: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, ...]:
-        """One ensemble pass and draw: (next_obs, reward, terminated, target B x T, mean, logvar M x B x T)."""
+        """One ensemble pass and draw: (next_obs, reward, terminated, target B x T, mean, logvar M x B x T).
+
+        ``next_obs`` is clamped into the observation space; ``target`` is the draw before that clamp.
+        """
         inputs = self.normalized_inputs(obs, action)
         batch = inputs.shape[0]
         if noise is None:
@@ -229,11 +232,7 @@ class GaussianEnsemble(nn.Module):
         rows = torch.arange(batch, device=self.device)
         target = mean[member, rows] + torch.exp(0.5 * logvar[member, rows]) * noise[:, : self.target_dim]
         next_obs, reward = self._untarget(obs, target)
-        if self.space_clamp.bounded:  # the realism is of the clamped transition, the one returned
-            next_obs = self.space_clamp(next_obs)
-            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            target = self.normalized_targets(obs, next_obs, reward)
-        return next_obs, reward, logit[member, rows] > 0.0, target, mean, logvar
+        return self.space_clamp(next_obs), reward, logit[member, rows] > 0.0, target, mean, logvar
 
     # ---- the WorldModel interface ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -260,6 +259,9 @@ class GaussianEnsemble(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`sample` plus the :meth:`realism` of the sampled transitions, from the same ensemble pass."""
         next_obs, reward, terminated, target, mean, logvar = self._draw(obs, action, noise, generator)
+        if self.space_clamp.bounded:  # the realism is that of the clamped transition, the one returned
+            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            target = self.normalized_targets(obs, next_obs, reward)
         return (
             next_obs,
             reward,

@@ -405,10 +405,15 @@ class ConditionalGAN(nn.Module):
         limit), so the clamped mean, not the raw one, is the model's mean.
         """
         mean = self.generator.mean(cond)
+        bounds = self.target_bounds(obs)
+        return (mean, None) if bounds is None else (torch.clamp(mean, *bounds), bounds)
+
+    def target_bounds(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The observation space's bounds on the normalised target from raw ``obs`` (B x O): two B x T tensors
+        (:meth:`Normalizer.target_bounds`), or None when the space has no finite bound."""
         if not self.space_clamp.bounded:
-            return mean, None
-        low, high = self.normalizer.target_bounds(obs, *self.space_clamp.bounds(self.device))
-        return torch.clamp(mean, low, high), (low, high)
+            return None
+        return self.normalizer.target_bounds(obs, *self.space_clamp.bounds(obs.device))
 
     def _judge(self, cond: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:
         """Raw discriminator scores (B) of judged residuals, with spectral norm in eval mode."""

@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from simgan.world_model import WorldModel
+from simgan.world_model import SpaceClamp, WorldModel
 
 # reward_fn(obs B x D, action, next_obs B x D) -> B floats; termination_fn(...) -> B bools. torch in, torch out.
 TransitionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -146,10 +146,7 @@ class BatchSimulator:
         low, high = info.state_low.astype(np.float64), info.state_high.astype(np.float64)
         margin = float(support_margin) * (high - low)
         self.support_low, self.support_high = as_tensor(low - margin), as_tensor(high + margin)
-        self.obs_low, self.obs_high = (
-            as_tensor(info.observation_space.low),
-            as_tensor(info.observation_space.high),
-        )
+        self.obs_clamp = SpaceClamp(info.observation_space)
         if isinstance(self.action_space, gym.spaces.Box):
             self.act_low, self.act_high = as_tensor(self.action_space.low), as_tensor(self.action_space.high)
         self.initial_fn: Callable[[np.random.Generator], np.ndarray] | None = None
@@ -343,7 +340,7 @@ class BatchSimulator:
         truncated = ~finite | unrealistic | out_of_support
         if self.max_episode_steps is not None:
             truncated = truncated | (self.steps >= self.max_episode_steps)
-        self.obs = next_obs.clamp(self.obs_low, self.obs_high)
+        self.obs = self.obs_clamp(next_obs)
 
         counted = torch.ones_like(finite) if active is None else active
         flags = torch.stack([counted, unrealistic & counted, out_of_support & counted, ~finite & counted])

@@ -108,7 +108,9 @@ def train(
     train_cond, train_target, train_done = _training_tensors(model, dataset.train, device)
     num_train, target_dim = train_target.shape
     # N x T bounds of each row's target (the observation space), or None: see _bounded_mean
-    bounds = _target_bounds(model, dataset.train, device) if config.clamp_mean else None
+    bounds = (
+        model.target_bounds(torch.as_tensor(dataset.train.obs, device=device)) if config.clamp_mean else None
+    )
     # the same step count on every rank: --epochs counts passes of the global batch over all ranks' rows
     total_steps = config.total_steps(
         round(float(dist.reduce(torch.tensor(float(num_train)), "sum")) / dist.world_size)
@@ -338,19 +340,6 @@ def _training_tensors(
         )  # N x T
     done = torch.as_tensor(split.terminated, dtype=torch.float32, device=device)  # N
     return cond, target, done
-
-
-def _target_bounds(
-    model: ConditionalGAN, split: TransitionBatch, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per training row, the observation space's bounds on the normalised target (two N x T tensors), or None
-    when the space has no finite bound."""
-    if not model.space_clamp.bounded:
-        return None
-    with torch.no_grad():
-        return model.normalizer.target_bounds(
-            torch.as_tensor(split.obs, device=device), *model.space_clamp.bounds(device)
-        )
 
 
 def _bounded_mean(
