@@ -67,6 +67,14 @@ class TrainConfig:
             "as runs saved before it)"
         },
     )
+    mean_ema: float = field(
+        default=0.995,
+        metadata={
+            "help": "the model keeps an exponential moving average (this decay) of the mean and termination heads' "
+            "trained weights, which is more precise than the last step's weights (0: the trained weights "
+            "themselves, as runs saved before it)"
+        },
+    )
     info_weight: float = field(
         default=0.0,
         metadata={
@@ -115,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"noise_components: expected 0 (off) or >= 2, got {self.noise_components}")
         if not self.info_weight >= 0:
             raise ValueError(f"info_weight: expected a number >= 0, got {self.info_weight}")
+        if not 0.0 <= self.mean_ema < 1.0:
+            raise ValueError(f"mean_ema: expected a decay in [0, 1), got {self.mean_ema}")
         if self.samples_per_condition < 2:
             raise ValueError(f"samples_per_condition: expected >= 2, got {self.samples_per_condition}")
         if self.loss not in LOSSES:
@@ -153,4 +163,5 @@ class TrainConfig:
         values.setdefault("termination_hidden", [])
         values.setdefault("info_weight", 0.0)
         values.setdefault("clamp_mean", False)
+        values.setdefault("mean_ema", 0.0)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

@@ -5,7 +5,8 @@
 Each step: ``n_critic`` discriminator updates (real residual ``(target - mu) / scale`` against generated
 ``f(s, a, z)``), then one generator update (mean head: MSE, with an overshoot past an observation bound that the
 real next state lies on counted as no error; termination BCE; residual: adversarial loss plus the zero-mean penalty
-over K noise draws per condition). Every ``eval_every`` steps the model is scored on held-out
+over K noise draws per condition). The optimiser trains a copy of the mean and termination heads; the model keeps
+the moving average of its weights (``mean_ema``). Every ``eval_every`` steps the model is scored on held-out
 validation transitions; the checkpoint with the best *energy score of generated transitions* (a proper scoring
 rule, never a GAN loss) is written to ``out/``, and the full training state to ``out/last/`` for ``--resume``.
 
@@ -20,6 +21,7 @@ Validation scoring lives in :mod:`simgan.training_eval`; the run directory's che
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -39,7 +41,7 @@ from simgan.device import resolve_device
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation
 from simgan.fsutil import atomic_write_bytes
-from simgan.models import ConditionalGAN, mlp
+from simgan.models import ConditionalGAN, Generator, mlp
 from simgan.run_directory import (
     FIGURE_FILE,
     LAST_DIR,
@@ -117,7 +119,9 @@ def train(
     )
     batch, k = config.batch_size, config.samples_per_condition
 
-    mean_params = gen.parameters_of_regression()  # mean head + termination head
+    # the regression heads the optimiser trains; with mean_ema > 0 the model keeps their moving average
+    heads = _trained_heads(gen, config)
+    mean_params = heads.parameters_of_regression()  # mean head + termination head
     classifier = _component_classifier(gen.noise_components, config, train_cond.shape[1] + target_dim).to(
         device
     )
@@ -152,7 +156,7 @@ def train(
                 seed=config.seed,
                 dist=dist,
                 device=device,
-                modules={"component_classifier": classifier},
+                modules=_training_modules(classifier, heads, gen),
             )
         )
     writer = (
@@ -212,9 +216,10 @@ def train(
         disc.requires_grad_(False)
         idx = torch.randint(num_train, (batch,), generator=rng, device=device)
         cond, target, done = train_cond[idx], train_target[idx], train_done[idx]
-        regressed, mean = _bounded_mean(gen.mean(cond), target, bounds, idx)  # B x T each
+        regressed, mean = _bounded_mean(heads.mean(cond), target, bounds, idx)  # B x T each
         mse = F.mse_loss(regressed, target)
-        bce = F.binary_cross_entropy_with_logits(gen.termination_logit(cond, target), done)  # the real target
+        # termination from the real target
+        bce = F.binary_cross_entropy_with_logits(heads.termination_logit(cond, target), done)
         cond_k = cond.repeat_interleave(k, dim=0)  # BK x (O + A)
         noise = torch.randn(batch * k, config.noise_dim, generator=rng, device=device)
         residual = gen.residual(cond_k, noise)  # BK x T
@@ -231,9 +236,13 @@ def train(
         residual_grad = _grad_norm(residual_params, config.max_grad_norm)
         _check_finite(step, generator_loss=g_loss, mean_grad_norm=mean_grad, residual_grad_norm=residual_grad)
         opt_g.step()
+        if heads is not gen:
+            _average_heads(gen, heads, config.mean_ema, step)
 
         # ---- residual scale: EMA of the real residual's RMS per target dimension ------------------------------
         with torch.no_grad():
+            if heads is not gen:  # real residuals are measured from the model's (averaged) mean
+                _, mean = _bounded_mean(gen.mean(cond), target, bounds, idx)
             rms = dist.average((target - mean).pow(2).mean(dim=0)).sqrt()  # T, over all ranks' batches
             new_scale = config.scale_momentum * gen.residual_scale + (1 - config.scale_momentum) * rms
             gen.residual_scale.copy_(new_scale.clamp_min(1e-3))
@@ -297,7 +306,9 @@ def train(
                 _save_checkpoint(
                     out / LAST_DIR, model, config, {**_final_metrics(metrics, state), **calibration}
                 )
-                save_resume_point(out, opt_g, opt_d, rng, state, modules={"component_classifier": classifier})
+                save_resume_point(
+                    out, opt_g, opt_d, rng, state, modules=_training_modules(classifier, heads, gen)
+                )
             if dist.broadcast_flag(stop):
                 break
     bar.close()
@@ -320,6 +331,42 @@ def _component_classifier(components: int, config: TrainConfig, in_dim: int) -> 
     if not (config.info_weight > 0 and components):
         return torch.nn.Sequential()
     return mlp(in_dim, (64, 64), components)  # in: (s, a) condition and residual
+
+
+def _trained_heads(gen: Generator, config: TrainConfig) -> Generator:
+    """The generator whose mean and termination heads the optimiser trains (training only).
+
+    With ``mean_ema > 0`` it is a copy, and the model's own heads are the exponential moving average of the
+    copy's weights (:func:`_average_heads`, Polyak averaging). The averaged weights predict more precisely than
+    the last step's: one step's weights carry the noise of the last few minibatches, which the average cancels,
+    as an ensemble's mean cancels its members' errors. On CartPole's mean head alone (4,000 steps, validation
+    MSE) the average was 1.3-2.3x more precise than the trained weights over the last 1,500 steps. The residual
+    net, the discriminator and the residual scale all work against the model's averaged mean.
+    With ``mean_ema == 0`` it is ``gen`` itself, as in runs saved before the average existed.
+    """
+    if config.mean_ema <= 0:
+        return gen
+    heads = copy.deepcopy(gen)
+    heads.residual_net = None  # only the regression heads are trained through this copy
+    return heads
+
+
+def _average_heads(gen: Generator, heads: Generator, decay: float, step: int) -> None:
+    """``gen``'s regression weights move towards ``heads``' by ``1 - decay``, with the decay warmed up as
+    ``(1 + step) / (10 + step)`` so that the random initial weights are forgotten within the first steps."""
+    weight = 1.0 - min(decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for averaged, trained in zip(
+            gen.parameters_of_regression(), heads.parameters_of_regression(), strict=True
+        ):
+            averaged.lerp_(trained, weight)
+
+
+def _training_modules(
+    classifier: torch.nn.Module, heads: Generator, gen: Generator
+) -> dict[str, torch.nn.Module]:
+    """The training-only nets saved with the resume point: the InfoGAN classifier and the trained heads."""
+    return {"component_classifier": classifier, **({"trained_heads": heads} if heads is not gen else {})}
 
 
 def _training_tensors(
