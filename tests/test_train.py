@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -363,8 +362,7 @@ def test_cartpole_termination_head_and_averaged_mean_head(tmp_path: Path) -> Non
     # steps, seeds 0-2 of bench_fidelity: 1.3-1.7x; at 1000-2000 steps, with the head still improving fast, the
     # two are within 1-30 %).
     last = load_model(tmp_path / "run" / "last")
-    trained = copy.deepcopy(last.generator)
-    trained.residual_net = None
+    trained = _trained_heads(last.generator, TrainConfig())  # a copy shaped as training's, to load them into
     trained.load_state_dict(load_train_state(tmp_path / "run" / "last")["modules"]["trained_heads"])
     with torch.no_grad():
         obs = torch.as_tensor(val.obs)
