@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simgan import workspace
 from simgan.checkpoint import CheckpointError, ModelFiles, save_model, stored_noise_correlation
 from simgan.config import check_hidden_sizes
 from simgan.dataset_format import TransitionBatch
@@ -192,10 +193,17 @@ class GaussianEnsemble(nn.Module):
         """
         h = inputs.expand(len(self.weights[0]), *inputs.shape[-2:]) if inputs.dim() == 2 else inputs
         last = len(self.weights) - 1
+        # With no gradient recorded, SiLU works in place and, on the CPU, the hidden activations go to scratch
+        # buffers (simgan.workspace; the same values, no fresh allocation per layer), as in models.MLP.
+        inference, reuse = not torch.is_grad_enabled(), workspace.wanted(h)
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(bias, h, weight)  # M x B x out
+            if reuse and i < last:
+                out = workspace.scratch(i % 2, (*h.shape[:2], weight.shape[-1]), h)
+                h = torch.baddbmm(bias, h, weight, out=out)  # M x B x out
+            else:
+                h = torch.baddbmm(bias, h, weight)
             if i < last:
-                h = F.silu(h)
+                h = F.silu(h, inplace=inference)
         mean, raw_logvar, logit = h.split([self.target_dim, self.target_dim, 1], dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)

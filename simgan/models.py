@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from simgan import workspace
 from simgan.checkpoint import ModelFiles, stored_noise_correlation
 from simgan.config import check_hidden_sizes
 from simgan.dataset_format import TransitionBatch
@@ -87,7 +88,7 @@ class ModelConfig:
             check_hidden_sizes(name, tuple(getattr(self, name)), allow_empty=name == "termination_hidden")
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, *, spectral_norm: bool = False) -> nn.Sequential:
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, *, spectral_norm: bool = False) -> MLP:
     """A SiLU MLP: in_dim -> hidden... -> out_dim (linear output), optionally spectrally normalised."""
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden, out_dim]
@@ -98,7 +99,34 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, *, spectral_norm: bo
         layers.append(linear)
         if i < len(dims) - 2:
             layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
+    return MLP(*layers)
+
+
+class MLP(nn.Sequential):
+    """Linear, SiLU, ..., Linear (built by :func:`mlp`; state-dict keys as ``nn.Sequential``'s).
+
+    With no gradient recorded (sampling, evaluation) a forward pass applies SiLU in place and, on the CPU, writes
+    the hidden activations into this thread's scratch buffers (:mod:`simgan.workspace`) instead of fresh tensors:
+    the same kernels and the same values, without the allocation and page faults of a new B x width activation
+    per layer. With gradients it is ``nn.Sequential``'s forward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dim() != 2:
+            return super().forward(x)
+        reuse = workspace.wanted(x)
+        last = len(self) - 1
+        slot = 0
+        for i, layer in enumerate(self):
+            if not isinstance(layer, nn.Linear):
+                x = nn.functional.silu(x, inplace=True)  # x is the fresh output of the Linear before it
+            elif i == last or not reuse or layer.bias is None:
+                x = nn.functional.linear(x, layer.weight, layer.bias)
+            else:
+                weight = layer.weight
+                out = workspace.scratch(slot, (x.shape[0], weight.shape[0]), x)
+                x, slot = torch.addmm(layer.bias, x, weight.t(), out=out), 1 - slot
+        return x
 
 
 class Normalizer(nn.Module):

@@ -1,0 +1,49 @@
+"""Reusable scratch memory for the hidden activations of no-grad forward passes on the CPU.
+
+Sampling a batch of thousands of rows allocates a fresh activation of several MB per hidden layer, and on the CPU
+each of those goes back to the operating system when it is freed (glibc returns large blocks), so the next step
+pays page faults to get it again. Measured on Pendulum's generator at 7,000 rows: about 460,000 page faults and
+15-25 % of the forecast's time.
+
+:func:`scratch` hands out views into two flat buffers per thread, device and dtype, grown to the largest request
+seen and kept (separately inside and outside ``torch.inference_mode``). A forward pass alternates between the two (layer i writes one, layer i + 1 reads it and writes the
+other), so only the final output needs a fresh tensor. Buffers are per thread, so models used from several threads
+at once do not share them; within a thread a forward pass uses them only until it returns.
+
+CUDA has its own caching allocator, so :func:`wanted` says no for it and callers keep their plain path.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+_local = threading.local()
+
+
+def wanted(x: torch.Tensor) -> bool:
+    """True where a forward pass on ``x`` should use scratch buffers: on the CPU, with no gradient recorded."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+def scratch(slot: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor of ``shape`` (contents undefined) in buffer ``slot`` (0 or 1) of this thread, for the
+    device and dtype of ``like``. It stays valid until the next request for the same slot in this thread."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    # tensors made in inference mode cannot be written outside it, so each mode has its own buffers
+    key = (slot, like.device, like.dtype, torch.is_inference_mode_enabled())
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buffer[:numel].view(shape)
+
+
+def release() -> None:
+    """Free this thread's buffers (they are allocated again on the next request)."""
+    _local.buffers = {}
