@@ -7,12 +7,12 @@ import threading
 import gymnasium as gym
 import numpy as np
 import torch
+from test_models import make_info
 from torch import nn
 
 from simgan import workspace
 from simgan.ensemble import EnsembleConfig, GaussianEnsemble
 from simgan.models import MLP, mlp
-from test_models import make_info
 
 
 def _net(seed: int = 0, spectral_norm: bool = False) -> MLP:
