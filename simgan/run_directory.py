@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,12 @@ def resume_config(out: Path, config: TrainConfig | None) -> TrainConfig:
     if config.model_config() != saved.model_config():
         raise RunDirectoryError(
             f"{out}: resume expected the saved architecture {saved.model_config()}, got {config.model_config()}"
+        )
+    if saved.mean_ema > 0 and config.mean_ema == 0:
+        warnings.warn(  # stacklevel 3: resume_config <- train <- the caller of train
+            f"{out}: the run was trained with mean_ema={saved.mean_ema} and resumes with mean_ema=0: training goes "
+            "on from the averaged heads, and the trained copy saved with the run is not used",
+            stacklevel=3,
         )
     return config
 

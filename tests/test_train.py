@@ -96,6 +96,23 @@ def test_resume_is_bit_exact(
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(split[key]["state"][index][name]))
 
 
+def test_resume_with_another_mean_ema(dataset, tmp_path: Path) -> None:
+    """Resuming with the average turned off goes on from the averaged heads and says so; turning it on for a run
+    trained without it is refused before anything is written (there is no trained copy to go on from)."""
+    averaged = tmp_path / "averaged"
+    train(dataset, averaged, dataclasses.replace(TINY, steps=20), progress=False)
+    with pytest.warns(UserWarning, match=r"mean_ema=0\.995 and resumes with mean_ema=0: .* not used"):
+        train(dataset, averaged, dataclasses.replace(TINY, mean_ema=0.0), resume=True, progress=False)
+    assert load_train_state(averaged / "last")["counters"]["step"] == 30
+
+    plain = tmp_path / "plain"
+    train(dataset, plain, dataclasses.replace(TINY, steps=20, mean_ema=0.0), progress=False)
+    before = tensors_of(plain / "last")
+    with pytest.raises(RunDirectoryError, match="the saved trained_heads does not match the run's config"):
+        train(dataset, plain, TINY, resume=True, progress=False)
+    assert_same_tensors(before, tensors_of(plain / "last"))
+
+
 def test_a_run_saved_before_the_termination_net_existed_resumes(dataset, tmp_path: Path) -> None:
     """Such a run's model.json has no termination_hidden (nor info_weight, clamp_mean, mean_ema): it resumes with
     the logit in the mean head, without the InfoGAN term, with plain MSE on the mean head and the trained heads
