@@ -123,19 +123,19 @@ def test_ensemble_samples_stay_in_the_space_and_realism_judges_what_was_returned
 
 
 def test_mean_head_regression_lets_an_overshoot_past_a_bound_the_target_lies_on_go() -> None:
-    """training._bounded_mean: where the target is on a bound, an overshoot is clamped (no error, no gradient);
+    """training_parts.bounded_mean: where the target is on a bound, an overshoot is clamped (no error, no gradient);
     where it is inside, the raw output keeps its error and gradient even outside the bounds."""
-    from simgan.training import _bounded_mean
+    from simgan.training_parts import bounded_mean
 
     low = torch.tensor([[-1.0, -torch.inf], [-1.0, -torch.inf], [-1.0, -torch.inf]])
     high = torch.tensor([[1.0, torch.inf], [1.0, torch.inf], [1.0, torch.inf]])
     target = torch.tensor([[1.0, 0.0], [0.5, 0.0], [1.0, 0.0]])  # rows 0 and 2 on the upper bound
     mean = torch.tensor([[1.5, 0.25], [1.5, 0.25], [0.5, 0.25]], requires_grad=True)
-    regressed, used = _bounded_mean(mean, target, (low, high), torch.arange(3))
+    regressed, used = bounded_mean(mean, target, (low, high), torch.arange(3))
     assert torch.equal(regressed.detach(), torch.tensor([[1.0, 0.25], [1.5, 0.25], [0.5, 0.25]]))
     assert torch.equal(used.detach(), torch.tensor([[1.0, 0.25], [1.0, 0.25], [0.5, 0.25]]))
     ((regressed - target) ** 2).sum().backward()
     # the overshoot on the bound passes nothing back; the overshoot of an inner target and the undershoot do
     assert torch.equal(mean.grad[:, 0], torch.tensor([0.0, 2.0, -1.0]))
-    unbounded = _bounded_mean(mean, target, None, torch.arange(3))
+    unbounded = bounded_mean(mean, target, None, torch.arange(3))
     assert unbounded[0] is mean and unbounded[1] is mean

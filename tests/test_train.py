@@ -19,14 +19,8 @@ from simgan import losses
 from simgan.checkpoint import load_model, load_model_files, load_train_state
 from simgan.models import Generator, ModelConfig
 from simgan.run_directory import saved_config
-from simgan.training import (
-    RunDirectoryError,
-    TrainConfig,
-    TrainingDivergedError,
-    _average_heads,
-    _trained_heads,
-    train,
-)
+from simgan.training import RunDirectoryError, TrainConfig, TrainingDivergedError, train
+from simgan.training_parts import average_heads, trained_heads
 
 TINY = dataclasses.replace(TINY_GAN, steps=30)
 
@@ -143,17 +137,17 @@ def test_a_run_saved_before_the_termination_net_existed_resumes(dataset, tmp_pat
 
 def test_the_model_heads_move_towards_the_trained_heads_with_a_warmed_up_decay() -> None:
     gen = Generator(3, 1, ModelConfig(mean_hidden=(8,), residual_hidden=(8,), termination_hidden=(4,)))
-    heads = _trained_heads(gen, TINY)
-    assert heads.residual_net is None and _trained_heads(gen, dataclasses.replace(TINY, mean_ema=0.0)) is gen
+    heads = trained_heads(gen, TINY)
+    assert heads.residual_net is None and trained_heads(gen, dataclasses.replace(TINY, mean_ema=0.0)) is gen
     start = [p.detach().clone() for p in gen.parameters_of_regression()]
     residual = [p.detach().clone() for p in gen.residual_net.parameters()]  # not averaged
     with torch.no_grad():
         for p in heads.parameters_of_regression():
             p.add_(1.0)
-    _average_heads(gen, heads, 0.995, step=0)  # decay min(0.995, 1 / 10): 90 % of the way at the first step
+    average_heads(gen, heads, 0.995, step=0)  # decay min(0.995, 1 / 10): 90 % of the way at the first step
     for before, after in zip(start, gen.parameters_of_regression(), strict=True):
         torch.testing.assert_close(after, before + 0.9)
-    _average_heads(gen, heads, 0.995, step=100_000)  # the decay itself once warmed up
+    average_heads(gen, heads, 0.995, step=100_000)  # the decay itself once warmed up
     for before, after in zip(start, gen.parameters_of_regression(), strict=True):
         torch.testing.assert_close(after, before + 0.9 + 0.1 * 0.005)
     assert all(torch.equal(a, b) for a, b in zip(residual, gen.residual_net.parameters(), strict=True))
@@ -379,7 +373,7 @@ def test_cartpole_termination_head_and_averaged_mean_head(tmp_path: Path) -> Non
     # steps, seeds 0-2 of bench_fidelity: 1.3-1.7x; at 1000-2000 steps, with the head still improving fast, the
     # two are within 1-30 %).
     last = load_model(tmp_path / "run" / "last")
-    trained = _trained_heads(last.generator, TrainConfig())  # a copy shaped as training's, to load them into
+    trained = trained_heads(last.generator, TrainConfig())  # a copy shaped as training's, to load them into
     trained.load_state_dict(load_train_state(tmp_path / "run" / "last")["modules"]["trained_heads"])
     with torch.no_grad():
         obs = torch.as_tensor(val.obs)
