@@ -194,7 +194,7 @@ class GaussianEnsemble(nn.Module):
         h = inputs.expand(len(self.weights[0]), *inputs.shape[-2:]) if inputs.dim() == 2 else inputs
         last = len(self.weights) - 1
         # With no gradient recorded, SiLU works in place and, on the CPU, the hidden activations go to scratch
-        # buffers (simgan.workspace; the same values, no fresh allocation per layer), as in models.MLP.
+        # buffers (simgan.workspace; the same values, no fresh allocation per layer), as in gan_networks.MLP.
         inference, reuse = not torch.is_grad_enabled(), workspace.wanted(h)
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             if reuse and i < last:

@@ -16,7 +16,8 @@ from simgan.checkpoint import save_model
 from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_noise_correlation
-from simgan.models import ConditionalGAN, Generator, mlp
+from simgan.gan_networks import Generator, mlp
+from simgan.models import ConditionalGAN
 from simgan.train_config import TrainConfig
 
 

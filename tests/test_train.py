@@ -17,7 +17,7 @@ from tiny_configs import TINY_GAN
 import simgan
 from simgan import losses
 from simgan.checkpoint import load_model, load_model_files, load_train_state
-from simgan.models import Generator, ModelConfig
+from simgan.gan_networks import Generator, ModelConfig
 from simgan.run_directory import saved_config
 from simgan.training import RunDirectoryError, TrainConfig, TrainingDivergedError, train
 from simgan.training_parts import average_heads, trained_heads

@@ -12,7 +12,7 @@ from torch import nn
 
 from simgan import workspace
 from simgan.ensemble import EnsembleConfig, GaussianEnsemble
-from simgan.models import MLP, mlp
+from simgan.gan_networks import MLP, mlp
 
 
 def _net(seed: int = 0, spectral_norm: bool = False) -> MLP:
