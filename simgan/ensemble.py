@@ -220,19 +220,27 @@ class GaussianEnsemble(nn.Module):
         action: torch.Tensor,
         noise: torch.Tensor | None,
         generator: torch.Generator | None,
+        repeats: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """One ensemble pass and draw: (next_obs, reward, terminated, target B x T, mean, logvar M x B x T).
 
-        ``next_obs`` is clamped into the observation space; ``target`` is the draw before that clamp.
+        ``next_obs`` is clamped into the observation space; ``target`` is the draw before that clamp. With
+        ``repeats`` (G ints summing to B), ``obs`` and ``action`` hold G rows and row g stands for ``repeats[g]``
+        consecutive rows: the members run once per distinct row (:meth:`sample_repeated`).
         """
         inputs = self.normalized_inputs(obs, action)
-        batch = inputs.shape[0]
+        mean, logvar, logit = self.forward(inputs)
+        if repeats is not None:
+            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device).repeat_interleave(
+                repeats, dim=0
+            )
+            mean, logvar, logit = (t.repeat_interleave(repeats, dim=1) for t in (mean, logvar, logit))
+        batch = inputs.shape[0] if repeats is None else obs.shape[0]
         if noise is None:
             noise = torch.randn(batch, self.noise_dim, generator=generator, device=self.device)
         noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
         if noise.shape != (batch, self.noise_dim):
             raise EnsembleError(f"noise: expected shape {(batch, self.noise_dim)}, got {tuple(noise.shape)}")
-        mean, logvar, logit = self.forward(inputs)
         # normal CDF of the last column -> uniform in (0, 1) -> one elite per row
         uniform = 0.5 * (1.0 + torch.erf(noise[:, -1] / math.sqrt(2.0)))
         n_elites = len(self.elite_index)
@@ -266,9 +274,41 @@ class GaussianEnsemble(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`sample` plus the :meth:`realism` of the sampled transitions, from the same ensemble pass."""
-        next_obs, reward, terminated, target, mean, logvar = self._draw(obs, action, noise, generator)
+        return self._sample_with_realism(obs, action, noise, generator, None)
+
+    @torch.no_grad()
+    def sample_repeated(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        repeats: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        realism: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`sample` (or with ``realism``, :meth:`sample_with_realism`) of ``obs`` and ``action`` repeated
+        ``repeats`` times each (``repeat_interleave``), with the members run once per distinct row
+        (:func:`simgan.world_model.sample_repeated`). Equal to sampling the repeated rows up to float rounding."""
+        if realism:
+            return self._sample_with_realism(obs, action, noise, generator, repeats)
+        return self._draw(obs, action, noise, generator, repeats)[:3]
+
+    def _sample_with_realism(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        noise: torch.Tensor | None,
+        generator: torch.Generator | None,
+        repeats: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        next_obs, reward, terminated, target, mean, logvar = self._draw(
+            obs, action, noise, generator, repeats
+        )
         if self.space_clamp.bounded:  # the realism is that of the clamped transition, the one returned
             obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            if repeats is not None:
+                obs = obs.repeat_interleave(repeats, dim=0)
             target = self.normalized_targets(obs, next_obs, reward)
         return (
             next_obs,

@@ -35,7 +35,7 @@ from simgan.forecast_inputs import (
     chunk_rows,
 )
 from simgan.fsutil import atomic_write_bytes, atomic_write_json
-from simgan.world_model import WorldModel
+from simgan.world_model import WorldModel, sample_repeated
 
 DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of forecast output (and model work) held at once
@@ -276,6 +276,8 @@ def forecast(
         rows = np.arange(lo, hi)
         b_idx, n_idx = rows // num_samples, rows % num_samples  # branch (b, n) of each row
         obs = torch.as_tensor(start[b_idx], device=device)  # M x obs_dim
+        groups, counts = np.unique(b_idx, return_counts=True)  # the chunk's start states and their row counts
+        repeats = torch.as_tensor(counts, device=device)
         live = torch.ones(len(rows), dtype=torch.bool, device=device)
         z = None  # the rows' AR(1) noise (rho > 0)
         for t in range(horizon):
@@ -296,16 +298,19 @@ def forecast(
             else:
                 step_noise = None  # the model draws it from the same generator
             # ---- one batched model step for all M rows --------------------------------------------------------
+            # At t = 0 under a plan, each start state's N rows share their (state, action): the model's
+            # deterministic part runs once per start state (sample_repeated).
+            first = t == 0 and plan is not None
             with torch.inference_mode():
-                if compute_realism:
-                    next_obs, reward, terminated, score = model.sample_with_realism(
-                        obs, action, noise=step_noise, generator=generator
-                    )
-                else:
-                    next_obs, reward, terminated = model.sample(
-                        obs, action, noise=step_noise, generator=generator
-                    )
-                    score = None
+                next_obs, reward, terminated, score = _model_step(
+                    model,
+                    torch.as_tensor(start[groups], device=device) if first else obs,
+                    torch.as_tensor(plan[groups, 0], device=device) if first else action,
+                    repeats if first else None,
+                    step_noise,
+                    generator,
+                    compute_realism,
+                )
             next_obs = torch.where(live[:, None], next_obs, obs)  # ended branches keep their final state
             flat["alive"][lo:hi, t] = live.cpu().numpy()
             flat["observations"][lo:hi, t] = next_obs.cpu().numpy()
@@ -323,6 +328,26 @@ def forecast(
 # -----------------------------------------------------------------------------------------------------------------
 # Helpers (the input checks are in simgan.forecast_inputs)
 # -----------------------------------------------------------------------------------------------------------------
+
+
+def _model_step(
+    model: WorldModel,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    repeats: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    generator: torch.Generator,
+    realism: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(next_obs, reward, terminated, realism or None) of one step; with ``repeats``, ``obs``/``action`` row g
+    stands for ``repeats[g]`` rows (:func:`simgan.world_model.sample_repeated`)."""
+    if repeats is not None:
+        out = sample_repeated(model, obs, action, repeats, noise=noise, generator=generator, realism=realism)
+    elif realism:
+        out = model.sample_with_realism(obs, action, noise=noise, generator=generator)
+    else:
+        out = model.sample(obs, action, noise=noise, generator=generator)
+    return (*out, None) if len(out) == 3 else out
 
 
 def _random_actions(space: gym.Space, rows: int, rng: np.random.Generator) -> np.ndarray:

@@ -107,16 +107,26 @@ class ConditionalGAN(nn.Module):
         action: torch.Tensor,
         noise: torch.Tensor | None,
         generator: torch.Generator | None,
+        repeats: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One generator pass: (next_obs B x O, reward B, terminated B, cond B x (O + A), residual B x T).
 
         Next states are clamped into the observation space (:class:`simgan.world_model.SpaceClamp`); the
         residual returned is the one the clamped transition amounts to, which is what the discriminator judges.
+        With ``repeats`` (G ints summing to B), ``obs`` and ``action`` hold G rows and row g stands for
+        ``repeats[g]`` consecutive rows: the mean head runs once per distinct row (:meth:`sample_repeated`).
         """
         cond = self.condition(obs, action)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        z = self._noise(cond.shape[0], noise, generator)
         mean, bounds = self.bounded_mean(cond, obs)
+        if repeats is not None:
+            cond, obs, mean = (t.repeat_interleave(repeats, dim=0) for t in (cond, obs, mean))
+            if bounds is not None:
+                bounds = (
+                    bounds[0].repeat_interleave(repeats, dim=0),
+                    bounds[1].repeat_interleave(repeats, dim=0),
+                )
+        z = self._noise(cond.shape[0], noise, generator)
         residual = self.generator.residual(cond, z)
         if bounds is not None:
             target, residual = self.generator.bounded(mean, residual, *bounds)
@@ -154,6 +164,31 @@ class ConditionalGAN(nn.Module):
         residual the generator produced, so no second mean-head pass is needed.
         """
         next_obs, reward, terminated, cond, residual = self._generate(obs, action, noise, generator)
+        return (
+            next_obs,
+            reward,
+            terminated,
+            realism_from_scores(self.realism_reference, self._judge(cond, residual)),
+        )
+
+    @torch.no_grad()
+    def sample_repeated(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        repeats: torch.Tensor,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        realism: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`sample` (or with ``realism``, :meth:`sample_with_realism`) of ``obs`` and ``action`` repeated
+        ``repeats`` times each (``repeat_interleave``), with the mean head run once per distinct row: the first
+        step of N futures from the same state and plan (:func:`simgan.world_model.sample_repeated`). Equal to
+        sampling the repeated rows up to float rounding (the matmuls see fewer rows)."""
+        next_obs, reward, terminated, cond, residual = self._generate(obs, action, noise, generator, repeats)
+        if not realism:
+            return next_obs, reward, terminated
         return (
             next_obs,
             reward,

@@ -160,6 +160,33 @@ class WorldModel(Protocol):
     def to(self, device: torch.device | str) -> WorldModel: ...
 
 
+def sample_repeated(
+    model: WorldModel,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    repeats: torch.Tensor,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    realism: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """``model.sample`` (or with ``realism``, ``sample_with_realism``) of G rows of ``obs`` and ``action``, row g
+    repeated ``repeats[g]`` times (``repeat_interleave``; B = ``repeats.sum()`` rows out, ``noise`` B x noise_dim).
+
+    N futures from one state under one plan share their first (state, action): models that offer
+    ``sample_repeated`` (the GAN and the ensemble) run their deterministic part (the mean head, the members) once
+    per distinct row, which equals sampling the repeated rows up to float rounding. Other models sample the
+    repeated rows.
+    """
+    own = getattr(model, "sample_repeated", None)
+    if own is not None:
+        return own(obs, action, repeats, noise=noise, generator=generator, realism=realism)
+    obs, action = (torch.as_tensor(t).repeat_interleave(repeats, dim=0) for t in (obs, action))
+    if realism:
+        return model.sample_with_realism(obs, action, noise=noise, generator=generator)
+    return model.sample(obs, action, noise=noise, generator=generator)
+
+
 class SpaceClamp:
     """Keeps next observations inside the observation space's bounds, as the real env does.
 

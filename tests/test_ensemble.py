@@ -255,3 +255,19 @@ def test_sample_with_realism_is_the_realism_of_the_sample(trained, pendulum) -> 
     assert 0.1 < float(expected.mean()) < 0.9  # the samples rank among the real validation transitions
     step = 1.0 / model.realism_reference.numel()
     assert torch.allclose(fused[3], expected, atol=step + 1e-6), (fused[3] - expected).abs().max()
+
+
+def test_sample_repeated_is_the_sample_of_the_repeated_rows(trained, pendulum) -> None:
+    """N futures of one (state, action): the members run on the distinct rows only, with the same result."""
+    model, _ = trained
+    obs, action = _inputs(pendulum, 3)
+    repeats = torch.tensor([4, 1, 3])
+    noise = torch.randn(8, model.noise_dim, generator=torch.Generator().manual_seed(2))
+    grouped = model.sample_repeated(obs, action, repeats, noise=noise, realism=True)
+    whole = model.sample_with_realism(
+        obs.repeat_interleave(repeats, 0), action.repeat_interleave(repeats, 0), noise=noise
+    )
+    for got, want in zip(grouped, whole):
+        assert got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=1e-5)
+    plain = model.sample_repeated(obs, action, repeats, noise=noise)
+    assert len(plain) == 3 and torch.equal(plain[0], grouped[0])

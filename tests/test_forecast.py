@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
+from simgan.forecast_inputs import chunk_rows
 from simgan.forecast_report import fan_chart, summary_table
 from simgan.forecasting import Forecast, ForecastError, forecast
+from tests.test_models import CONFIG, make_info, random_batch
 from tests.worldmodels import DiscreteLinearModel, LinearModel
 
 
@@ -61,6 +65,43 @@ def test_chunking_gives_the_same_result_with_fixed_noise():
     np.testing.assert_allclose(whole.observations, chunked.observations)
     np.testing.assert_allclose(whole.realism, chunked.realism)
     assert model.sample_calls > 2 * 5  # the small budget really split the work into several chunks
+
+
+def test_first_step_of_a_plan_runs_the_mean_head_once_per_start_state():
+    """Under a plan the N branches of a start state share their first (state, action); the GAN's mean head runs
+    on the B start states there, and the forecast equals the one with the same actions from a policy (which
+    samples every row), also when chunks split a start state's branches."""
+    torch.manual_seed(0)
+    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
+    model = simgan_gan(info)
+    rng = np.random.default_rng(1)
+    states = rng.normal(size=(3, 3)).astype(np.float32)
+    plan = rng.uniform(-2, 2, size=(3, 4, 2)).astype(np.float32)
+    rows: list[int] = []
+    hook = model.generator.mean_net.register_forward_hook(lambda _m, args, _out: rows.append(len(args[0])))
+    planned = forecast(model, states, actions=plan, horizon=4, num_samples=10, seed=2)
+    hook.remove()
+    assert rows == [3, 30, 30, 30]
+    steps = iter(range(4))
+    replay = lambda obs: np.repeat(plan[:, next(steps)], 10, axis=0)  # noqa: E731  the plan, closed loop
+    replayed = forecast(model, states, policy=replay, horizon=4, num_samples=10, seed=2)
+    np.testing.assert_allclose(planned.observations, replayed.observations, atol=1e-5)
+    np.testing.assert_allclose(planned.realism, replayed.realism, atol=1e-5)
+    noise = rng.standard_normal((3, 10, 4, model.noise_dim)).astype(np.float32)
+    whole = forecast(model, states, actions=plan, horizon=4, num_samples=10, noise=noise)
+    assert chunk_rows(30_000, 4, 3, (2,), model.noise_dim) == 7  # chunks of 7 rows split the groups of 10
+    chunked = forecast(model, states, actions=plan, horizon=4, num_samples=10, noise=noise, max_memory=30_000)
+    np.testing.assert_allclose(whole.observations, chunked.observations, atol=1e-5)
+
+
+def simgan_gan(info):
+    from simgan.models import ConditionalGAN
+
+    model = ConditionalGAN(info, CONFIG)
+    batch = random_batch(info, 64)
+    model.normalizer.fit(batch, info)
+    model.calibrate_realism(batch)
+    return model
 
 
 def test_policy_closed_loop_and_discrete_actions():

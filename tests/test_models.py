@@ -230,3 +230,37 @@ def test_sample_with_realism_is_the_realism_of_the_sample(model_and_batch) -> No
     assert torch.allclose(fused[3], expected, atol=1.0 / 64 + 1e-6), (fused[3], expected)
     assert float((fused[3] - expected).abs().mean()) < 0.05
     assert sorted(fused[3].tolist()) == pytest.approx([i / 64 for i in range(64)], abs=1.5 / 64)
+
+
+def test_sample_repeated_is_the_sample_of_the_repeated_rows(model_and_batch) -> None:
+    """N futures of one (state, action): the mean head runs on the distinct rows only, with the same result."""
+    model, batch = model_and_batch
+    obs, action, _, _ = tensors(batch)
+    model.calibrate_realism(batch)
+    repeats = torch.tensor([3, 1, 5, 2])
+    rows = int(repeats.sum())
+    obs, action = obs[:4], action[:4]
+    noise = torch.randn(rows, CONFIG.noise_dim, generator=torch.Generator().manual_seed(4))
+    calls: list[int] = []
+    hook = model.generator.mean_net.register_forward_hook(lambda _m, args, _out: calls.append(len(args[0])))
+    grouped = model.sample_repeated(obs, action, repeats, noise=noise, realism=True)
+    hook.remove()
+    assert calls == [4]  # the mean head saw the 4 distinct rows, not the 11 repeated ones
+    whole = model.sample_with_realism(
+        obs.repeat_interleave(repeats, 0), action.repeat_interleave(repeats, 0), noise=noise
+    )
+    for got, want in zip(grouped, whole):
+        assert got.shape == want.shape
+        assert torch.allclose(got.float(), want.float(), atol=1e-5)
+    # drawn from a generator: the same draws as sampling the repeated rows
+    drawn = model.sample_repeated(obs, action, repeats, generator=torch.Generator().manual_seed(6))
+    assert len(drawn) == 3
+    assert torch.allclose(
+        drawn[0],
+        model.sample_repeated(
+            obs,
+            action,
+            repeats,
+            noise=torch.randn(rows, CONFIG.noise_dim, generator=torch.Generator().manual_seed(6)),
+        )[0],
+    )
