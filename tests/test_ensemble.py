@@ -178,7 +178,8 @@ def kicked_data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _mode_shares(model) -> dict[str, float]:
-    """Where 2000 model samples of the next angular velocity fall at one (s, a), relative to the two true modes.
+    """Where a forecast's 2000 futures of the next angular velocity fall from one (s, a) (``simgan.forecast``,
+    one step of a plan), relative to the two true modes.
 
     ``between``: share within half a half-gap of the midpoint (the true share is 0); ``plus`` / ``minus``: share
     within half a half-gap of each true mode (true: ~0.5 each); ``mean_offset``: |sample mean - midpoint| in
@@ -188,15 +189,8 @@ def _mode_shares(model) -> dict[str, float]:
 
     modes = KickedPendulum().modes(KICK_OBS, KICK_ACTION)[:, 2]  # thdot after the + and the - kick
     middle, half_gap = modes.mean(), abs(modes[0] - modes[1]) / 2
-    fake = (
-        model.sample(
-            torch.as_tensor(np.repeat(KICK_OBS[None], 2000, 0)),
-            torch.as_tensor(np.repeat(KICK_ACTION[None], 2000, 0)),
-            generator=torch.Generator().manual_seed(0),
-        )[0][:, 2]
-        .cpu()
-        .numpy()
-    )
+    futures = simgan.forecast(model, KICK_OBS, actions=KICK_ACTION[None], horizon=1, num_samples=2000, seed=0)
+    fake = futures.observations[0, :, 0, 2]
     near = lambda centre: float(np.mean(np.abs(fake - centre) < 0.5 * half_gap))  # noqa: E731
     return {
         "between": near(middle),
