@@ -44,6 +44,7 @@ from simgan.world_model import (
     SpaceClamp,
     encode_action,
     realism_from_scores,
+    repeat_counts,
     transition_tensors,
 )
 
@@ -290,6 +291,7 @@ class GaussianEnsemble(nn.Module):
         """:meth:`sample` (or with ``realism``, :meth:`sample_with_realism`) of ``obs`` and ``action`` repeated
         ``repeats`` times each (``repeat_interleave``), with the members run once per distinct row
         (:func:`simgan.world_model.sample_repeated`). Equal to sampling the repeated rows up to float rounding."""
+        repeats = repeat_counts(repeats, len(obs), self.device, EnsembleError)
         if realism:
             return self._sample_with_realism(obs, action, noise, generator, repeats)
         return self._draw(obs, action, noise, generator, repeats)[:3]

@@ -41,6 +41,7 @@ from simgan.world_model import (
     SpaceClamp,
     encode_action,
     realism_from_scores,
+    repeat_counts,
     transition_tensors,
 )
 
@@ -186,6 +187,7 @@ class ConditionalGAN(nn.Module):
         ``repeats`` times each (``repeat_interleave``), with the mean head run once per distinct row: the first
         step of N futures from the same state and plan (:func:`simgan.world_model.sample_repeated`). Equal to
         sampling the repeated rows up to float rounding (the matmuls see fewer rows)."""
+        repeats = repeat_counts(repeats, len(obs), self.device, ModelShapeError)
         next_obs, reward, terminated, cond, residual = self._generate(obs, action, noise, generator, repeats)
         if not realism:
             return next_obs, reward, terminated

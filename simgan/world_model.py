@@ -256,3 +256,17 @@ def transition_tensors(
     if reward.shape[0] != obs.shape[0]:
         raise error(f"reward: expected {obs.shape[0]} values, got shape {tuple(reward.shape)}")
     return obs, next_obs, reward
+
+
+def repeat_counts(
+    repeats: torch.Tensor, rows: int, device: torch.device, error: type[Exception] = ValueError
+) -> torch.Tensor:
+    """``repeats`` of :func:`sample_repeated` as an int64 tensor on ``device``: one count >= 0 per row of the ``rows``
+    (state, action) rows. Raises ``error`` ("expected ..., got ...") otherwise."""
+    counts = torch.as_tensor(repeats, device=device)
+    if counts.dim() != 1 or counts.shape[0] != rows or counts.is_floating_point() or bool((counts < 0).any()):
+        raise error(
+            f"repeats: expected {rows} non-negative integer counts (one per row of obs), got "
+            f"{counts.dtype} of shape {tuple(counts.shape)}"
+        )
+    return counts.long()

@@ -263,5 +263,7 @@ def test_sample_repeated_is_the_sample_of_the_repeated_rows(trained, pendulum) -
     )
     for got, want in zip(grouped, whole):
         assert got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=1e-5)
+    with pytest.raises(EnsembleError, match="repeats: expected 3 non-negative integer counts"):
+        model.sample_repeated(obs, action, torch.tensor([4, 4]))
     plain = model.sample_repeated(obs, action, repeats, noise=noise)
     assert len(plain) == 3 and torch.equal(plain[0], grouped[0])

@@ -252,6 +252,9 @@ def test_sample_repeated_is_the_sample_of_the_repeated_rows(model_and_batch) -> 
     for got, want in zip(grouped, whole):
         assert got.shape == want.shape
         assert torch.allclose(got.float(), want.float(), atol=1e-5)
+    for bad in (torch.tensor([3, 1, 5]), torch.tensor([3.0, 1.0, 5.0, 2.0]), torch.tensor([3, -1, 5, 2])):
+        with pytest.raises(ModelShapeError, match="repeats: expected 4 non-negative integer counts"):
+            model.sample_repeated(obs, action, bad)
     # drawn from a generator: the same draws as sampling the repeated rows
     drawn = model.sample_repeated(obs, action, repeats, generator=torch.Generator().manual_seed(6))
     assert len(drawn) == 3
