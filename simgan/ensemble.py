@@ -223,7 +223,8 @@ class GaussianEnsemble(nn.Module):
         generator: torch.Generator | None,
         repeats: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """One ensemble pass and draw: (next_obs, reward, terminated, target B x T, mean, logvar M x B x T).
+        """One ensemble pass and draw: (next_obs, reward, terminated, target B x T, mean, logvar M x B x T,
+        obs B x O as a float32 tensor).
 
         ``next_obs`` is clamped into the observation space; ``target`` is the draw before that clamp. With
         ``repeats`` (G ints summing to B), ``obs`` and ``action`` hold G rows and row g stands for ``repeats[g]``
@@ -231,12 +232,11 @@ class GaussianEnsemble(nn.Module):
         """
         inputs = self.normalized_inputs(obs, action)
         mean, logvar, logit = self.forward(inputs)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         if repeats is not None:
-            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device).repeat_interleave(
-                repeats, dim=0
-            )
+            obs = obs.repeat_interleave(repeats, dim=0)
             mean, logvar, logit = (t.repeat_interleave(repeats, dim=1) for t in (mean, logvar, logit))
-        batch = inputs.shape[0] if repeats is None else obs.shape[0]
+        batch = obs.shape[0]
         if noise is None:
             noise = torch.randn(batch, self.noise_dim, generator=generator, device=self.device)
         noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
@@ -249,7 +249,21 @@ class GaussianEnsemble(nn.Module):
         rows = torch.arange(batch, device=self.device)
         target = mean[member, rows] + torch.exp(0.5 * logvar[member, rows]) * noise[:, : self.target_dim]
         next_obs, reward = self._untarget(obs, target)
-        return self.space_clamp(next_obs), reward, logit[member, rows] > 0.0, target, mean, logvar
+        return self.space_clamp(next_obs), reward, logit[member, rows] > 0.0, target, mean, logvar, obs
+
+    def _outputs(self, drawn: tuple[torch.Tensor, ...], realism: bool) -> tuple[torch.Tensor, ...]:
+        """A :meth:`_draw` as the interface returns it: (next_obs, reward, terminated[, realism])."""
+        next_obs, reward, terminated, target, mean, logvar, obs = drawn
+        if not realism:
+            return next_obs, reward, terminated
+        if self.space_clamp.bounded:  # the realism is that of the clamped transition, the one returned
+            target = self.normalized_targets(obs, next_obs, reward)
+        return (
+            next_obs,
+            reward,
+            terminated,
+            realism_from_scores(self.realism_reference, self._mixture_log_density(target, mean, logvar)),
+        )
 
     # ---- the WorldModel interface ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -262,8 +276,7 @@ class GaussianEnsemble(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
-        next_obs, reward, terminated, *_ = self._draw(obs, action, noise, generator)
-        return next_obs, reward, terminated
+        return self._outputs(self._draw(obs, action, noise, generator), realism=False)
 
     @torch.no_grad()
     def sample_with_realism(
@@ -275,7 +288,7 @@ class GaussianEnsemble(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`sample` plus the :meth:`realism` of the sampled transitions, from the same ensemble pass."""
-        return self._sample_with_realism(obs, action, noise, generator, None)
+        return self._outputs(self._draw(obs, action, noise, generator), realism=True)
 
     @torch.no_grad()
     def sample_repeated(
@@ -292,32 +305,7 @@ class GaussianEnsemble(nn.Module):
         ``repeats`` times each (``repeat_interleave``), with the members run once per distinct row
         (:func:`simgan.world_model.sample_repeated`). Equal to sampling the repeated rows up to float rounding."""
         repeats = repeat_counts(repeats, len(obs), self.device, EnsembleError)
-        if realism:
-            return self._sample_with_realism(obs, action, noise, generator, repeats)
-        return self._draw(obs, action, noise, generator, repeats)[:3]
-
-    def _sample_with_realism(
-        self,
-        obs: torch.Tensor,
-        action: torch.Tensor,
-        noise: torch.Tensor | None,
-        generator: torch.Generator | None,
-        repeats: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        next_obs, reward, terminated, target, mean, logvar = self._draw(
-            obs, action, noise, generator, repeats
-        )
-        if self.space_clamp.bounded:  # the realism is that of the clamped transition, the one returned
-            obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            if repeats is not None:
-                obs = obs.repeat_interleave(repeats, dim=0)
-            target = self.normalized_targets(obs, next_obs, reward)
-        return (
-            next_obs,
-            reward,
-            terminated,
-            realism_from_scores(self.realism_reference, self._mixture_log_density(target, mean, logvar)),
-        )
+        return self._outputs(self._draw(obs, action, noise, generator, repeats), realism)
 
     @torch.no_grad()
     def mean(

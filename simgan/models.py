@@ -147,8 +147,7 @@ class ConditionalGAN(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
-        next_obs, reward, terminated, _, _ = self._generate(obs, action, noise, generator)
-        return next_obs, reward, terminated
+        return self._outputs(self._generate(obs, action, noise, generator), realism=False)
 
     @torch.no_grad()
     def sample_with_realism(
@@ -164,13 +163,7 @@ class ConditionalGAN(nn.Module):
         The discriminator judges ``(target - mu) / scale``; for a generated transition that is exactly the
         residual the generator produced, so no second mean-head pass is needed.
         """
-        next_obs, reward, terminated, cond, residual = self._generate(obs, action, noise, generator)
-        return (
-            next_obs,
-            reward,
-            terminated,
-            realism_from_scores(self.realism_reference, self._judge(cond, residual)),
-        )
+        return self._outputs(self._generate(obs, action, noise, generator), realism=True)
 
     @torch.no_grad()
     def sample_repeated(
@@ -188,7 +181,12 @@ class ConditionalGAN(nn.Module):
         step of N futures from the same state and plan (:func:`simgan.world_model.sample_repeated`). Equal to
         sampling the repeated rows up to float rounding (the matmuls see fewer rows)."""
         repeats = repeat_counts(repeats, len(obs), self.device, ModelShapeError)
-        next_obs, reward, terminated, cond, residual = self._generate(obs, action, noise, generator, repeats)
+        return self._outputs(self._generate(obs, action, noise, generator, repeats), realism)
+
+    def _outputs(self, generated: tuple[torch.Tensor, ...], realism: bool) -> tuple[torch.Tensor, ...]:
+        """A :meth:`_generate` as the interface returns it: (next_obs, reward, terminated[, realism]); the realism
+        judges the residual the generator produced (see :meth:`sample_with_realism`)."""
+        next_obs, reward, terminated, cond, residual = generated
         if not realism:
             return next_obs, reward, terminated
         return (
