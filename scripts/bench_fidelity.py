@@ -73,6 +73,12 @@ def parse_args() -> argparse.Namespace:
         help="GAN mean-head hidden sizes, for architecture studies (default: TrainConfig's)",
     )
     p.add_argument(
+        "--gan-lr-mean",
+        type=float,
+        default=None,
+        help="GAN mean-head learning rate, for training studies (default: TrainConfig's)",
+    )
+    p.add_argument(
         "--ensemble-steps", type=int, default=4000, help="ensemble optimiser steps (early stopping on)"
     )
     p.add_argument(
@@ -118,13 +124,15 @@ def train_pair(
     from simgan.training import train
 
     runs: dict[str, Any] = {}
-    shape = {} if args.gan_mean_hidden is None else {"mean_hidden": tuple(args.gan_mean_hidden)}
+    overrides = {} if args.gan_mean_hidden is None else {"mean_hidden": tuple(args.gan_mean_hidden)}
+    if args.gan_lr_mean is not None:
+        overrides["lr_mean"] = args.gan_lr_mean
     gan_dir = root / "runs" / f"{slug(env_id)}__gan__{seed}"
     start = time.perf_counter()
     gan = train(
         dataset,
         gan_dir,
-        TrainConfig(steps=args.gan_steps, seed=seed, device=args.device, figures=False, **shape),
+        TrainConfig(steps=args.gan_steps, seed=seed, device=args.device, figures=False, **overrides),
         overwrite=True,
         progress=False,
     )
@@ -346,7 +354,14 @@ def main() -> None:
 
 
 # Settings that must match for seeds of two runs to be summarised together.
-SAME_RUN_SETTINGS = ("data_steps", "gan_steps", "ensemble_steps", "eval_samples", "gan_mean_hidden")
+SAME_RUN_SETTINGS = (
+    "data_steps",
+    "gan_steps",
+    "ensemble_steps",
+    "eval_samples",
+    "gan_mean_hidden",
+    "gan_lr_mean",
+)
 
 
 def stored_results(root: Path, args: argparse.Namespace, seeds: list[int]) -> dict[str, Any]:
