@@ -2,6 +2,7 @@
 
     python scripts/bench_forecast.py                       # full run (3 envs, GAN and ensemble)
     python scripts/bench_forecast.py --envs kicked --data-steps 5000 --gan-steps 500 --ensemble-steps 500  # quick
+    python scripts/bench_forecast.py --envs pendulum --models RUN1 RUN2 --out /tmp/cov.json  # saved models' coverage
 
 Calibration: for each env, the same data trains a conditional GAN and a Gaussian ensemble. From held-out start
 states, a random open-loop plan is forecast with N samples, and the real env is rolled N times from the same state
@@ -168,6 +169,57 @@ def print_calibration(rows: list[dict], args: argparse.Namespace) -> None:
         )
 
 
+def starts_and_plans(data, space, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out start states (S x obs_dim) and random open-loop plans (S x H x act_dim) every model is scored on."""
+    validation = data.validation
+    starts = validation.obs[
+        np.random.default_rng(args.seed).choice(len(validation), args.starts, replace=False)
+    ]
+    plans = (
+        np.random.default_rng(args.seed + 1)
+        .uniform(space.low, space.high, size=(args.starts, args.horizon, *space.shape))
+        .astype(np.float32)
+    )
+    return starts, plans
+
+
+def saved_model_coverage(args: argparse.Namespace) -> None:
+    """``--models``: the calibration coverage of saved models, with their own and with independent noise."""
+    env_id = ENVS[args.envs[0]]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = simgan.collect(
+            env_id, steps=args.data_steps, workers=0, out=Path(tmp) / "data", seed=args.seed, progress=False
+        )
+        for run in args.models:
+            model = simgan.load_model(run, device="cpu")
+            starts, plans = starts_and_plans(data, model.info.action_space, args)
+            own = coverage(model, env_id, starts, plans, args.samples, args.seed)
+            rows.append(
+                {
+                    "env": env_id,
+                    "model": str(run),
+                    "noise_correlation": model.noise_correlation,
+                    "coverage": own,
+                    "coverage_independent_noise": coverage(
+                        model, env_id, starts, plans, args.samples, args.seed, rho=0.0
+                    ),
+                    "pass": abs(own - TARGET_COVERAGE) <= TOLERANCE,
+                }
+            )
+            print(f"{run}: coverage {own:.1%} (rho {model.noise_correlation:g})", flush=True)
+    print("| model | coverage (rho) | with independent noise |\n|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['coverage']:.1%} ({r['noise_correlation']:g}) | {r['coverage_independent_noise']:.1%} |"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpu_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__}
+    atomic_write_json(out, {"args": vars(args), "machine": machine, "saved_models": rows})
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,9 +243,20 @@ def main() -> None:
         help="only the planning workload, on Pendulum-v1 models trained for 50 steps (speed does not depend on "
         "the weights); for timing on an otherwise idle machine",
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="RUN",
+        help="train nothing: measure the calibration coverage of these saved models (of the first --envs env, "
+        "trained on the data this script collects, e.g. by bench_fidelity.py) on the same start states and plans",
+    )
     parser.add_argument("--out", default="results/bench_forecast.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.models:
+        saved_model_coverage(args)
+        return
 
     rows, speed = [], None
     if args.speed_only:
@@ -220,16 +283,8 @@ def main() -> None:
             ensemble = train_ensemble(data, Path(tmp) / key / "ens", EnsembleConfig(**ens_kwargs))
             ens_time = time.perf_counter() - t0
 
-            validation = data.validation
-            starts = validation.obs[
-                np.random.default_rng(args.seed).choice(len(validation), args.starts, replace=False)
-            ]
             space = gan.info.action_space
-            plans = (
-                np.random.default_rng(args.seed + 1)
-                .uniform(space.low, space.high, size=(args.starts, args.horizon, *space.shape))
-                .astype(np.float32)
-            )
+            starts, plans = starts_and_plans(data, space, args)
             if not args.speed_only:
                 rows.append(calibration_row(gan, ensemble, env_id, starts, plans, args, gan_time, ens_time))
             if env_id == "Pendulum-v1" or speed is None:
