@@ -1,0 +1,103 @@
+"""Study options of the benchmark scripts: bench_fidelity --gan-lr-mean, bench_forecast --models."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_configs import TINY_GAN
+
+import simgan
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def fidelity():
+    return _script("bench_fidelity")
+
+
+@pytest.fixture(scope="module")
+def forecast_bench():
+    return _script("bench_forecast")
+
+
+def _fidelity_args(fidelity, argv: list[str]) -> argparse.Namespace:
+    import sys
+
+    saved = sys.argv
+    try:
+        sys.argv = ["bench_fidelity.py", *argv]
+        return fidelity.parse_args()
+    finally:
+        sys.argv = saved
+
+
+def test_fidelity_lr_mean_reaches_the_gan_and_is_recorded(fidelity, tmp_path):
+    """--gan-lr-mean trains the GAN with that rate (its model.json says so) and the run's args keep it."""
+    dataset = simgan.collect(
+        "Pendulum-v1", steps=400, workers=0, out=tmp_path / "data", seed=0, progress=False
+    )
+    argv = [
+        "--gan-lr-mean",
+        "3e-3",
+        "--gan-steps",
+        "20",
+        "--gan-mean-hidden",
+        "32",
+        "32",
+        "--eval-samples",
+        "64",
+    ]
+    args = _fidelity_args(fidelity, argv)
+    stored_ensemble = {"metrics": {"mean_error": 1.0}, "train_s": 0.0}
+    runs = fidelity.train_pair(dataset, "Pendulum-v1", 0, args, tmp_path, stored_ensemble)
+    config = json.loads((tmp_path / "runs" / "Pendulum-v1__gan__0" / "model.json").read_text())["config"]
+    assert config["train"]["lr_mean"] == pytest.approx(3e-3)
+    assert np.isfinite(runs["gan"]["metrics"]["mean_error"])
+    assert vars(args)["gan_lr_mean"] == pytest.approx(3e-3)
+
+
+def test_fidelity_append_refuses_another_lr_mean(fidelity, tmp_path):
+    """Seeds trained at different mean-head rates are never averaged into one row."""
+    earlier = _fidelity_args(fidelity, ["--gan-lr-mean", "2e-3"])
+    (tmp_path / "results.json").write_text(json.dumps({"args": vars(earlier), "envs": {}}))
+    now = _fidelity_args(fidelity, ["--append", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"gan_lr_mean=0\.002.*None"):
+        fidelity.stored_results(tmp_path, now, [1])
+    same = _fidelity_args(fidelity, ["--append", "--gan-lr-mean", "2e-3", "--out", str(tmp_path)])
+    assert fidelity.stored_results(tmp_path, same, [1])["envs"] == {}
+
+
+def test_forecast_models_scores_saved_models_like_the_benchmark(forecast_bench, tmp_path, monkeypatch):
+    """--models: the saved model's coverage on the benchmark's own start states and plans, written as JSON."""
+    data = simgan.collect("Pendulum-v1", steps=600, workers=0, out=tmp_path / "data", seed=0, progress=False)
+    simgan.train(data, tmp_path / "gan", TINY_GAN, progress=False)
+    out = tmp_path / "cov.json"
+    argv = ["--envs", "pendulum", "--data-steps", "600", "--starts", "2", "--samples", "8", "--horizon", "3"]
+    argv += ["--threads", "1", "--models", str(tmp_path / "gan"), "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["bench_forecast.py", *argv])
+    forecast_bench.main()
+    (row,) = json.loads(out.read_text())["saved_models"]
+    assert row["env"] == "Pendulum-v1" and row["model"] == str(tmp_path / "gan")
+
+    # the same number as scoring the model directly on the benchmark's start states and plans
+    model = simgan.load_model(tmp_path / "gan", device="cpu")
+    args = argparse.Namespace(seed=0, starts=2, horizon=3)
+    starts, plans = forecast_bench.starts_and_plans(data, model.info.action_space, args)
+    assert starts.shape == (2, 3) and plans.shape == (2, 3, 1)
+    expected = forecast_bench.coverage(model, "Pendulum-v1", starts, plans, 8, 0)
+    assert row["coverage"] == pytest.approx(expected)
+    assert 0.0 <= row["coverage_independent_noise"] <= 1.0
+    assert row["pass"] == (abs(expected - 0.8) <= 0.07)
