@@ -69,16 +69,24 @@ def real_futures(env_id: str, start: np.ndarray, plan: np.ndarray, num_samples: 
     return out
 
 
+def real_batch(
+    env_id: str, starts: np.ndarray, plans: np.ndarray, num_samples: int, seed: int
+) -> list[np.ndarray]:
+    """The real futures of every start state under its plan (:func:`real_futures`), rolled once and shared by all
+    the forecasts scored against them."""
+    return [real_futures(env_id, start, plans[b], num_samples, seed + b) for b, start in enumerate(starts)]
+
+
 def coverage(
     model,
-    env_id: str,
+    real: list[np.ndarray],
     starts: np.ndarray,
     plans: np.ndarray,
     num_samples: int,
     seed: int,
     rho: float | None = None,
 ) -> float:
-    """Share of real future states inside the model forecast's per-step 10-90 % band.
+    """Share of the ``real`` future states (:func:`real_batch`) inside the model forecast's per-step 10-90 % band.
 
     ``rho``: the forecast's noise correlation (None: the model's calibrated value)."""
     result = simgan.forecast(
@@ -93,10 +101,9 @@ def coverage(
     )
     q = result.quantiles((0.1, 0.9))  # 2 x B x H x obs_dim
     inside, total = 0, 0
-    for b, start in enumerate(starts):
-        real = real_futures(env_id, start, plans[b], num_samples, seed + b)
-        valid = np.isfinite(real) & np.isfinite(q[0, b])[None]
-        hit = (real >= q[0, b][None]) & (real <= q[1, b][None])
+    for b, futures in enumerate(real):
+        valid = np.isfinite(futures) & np.isfinite(q[0, b])[None]
+        hit = (futures >= q[0, b][None]) & (futures <= q[1, b][None])
         inside += int((hit & valid).sum())
         total += int(valid.sum())
     return inside / max(total, 1)
@@ -104,18 +111,19 @@ def coverage(
 
 def calibration_row(gan, ensemble, env_id, starts, plans, args, gan_time: float, ens_time: float) -> dict:
     """Coverage of both models' 10-90 % bands on one env, with their training times."""
+    real = real_batch(env_id, starts, plans, args.samples, args.seed)
     row = {
         "env": env_id,
         # each model forecasts with the noise correlation its training calibrated on validation episodes
         "gan_noise_correlation": gan.noise_correlation,
         "ensemble_noise_correlation": ensemble.noise_correlation,
-        "gan_coverage": coverage(gan, env_id, starts, plans, args.samples, args.seed),
-        "ensemble_coverage": coverage(ensemble, env_id, starts, plans, args.samples, args.seed),
+        "gan_coverage": coverage(gan, real, starts, plans, args.samples, args.seed),
+        "ensemble_coverage": coverage(ensemble, real, starts, plans, args.samples, args.seed),
         "gan_coverage_independent_noise": coverage(
-            gan, env_id, starts, plans, args.samples, args.seed, rho=0.0
+            gan, real, starts, plans, args.samples, args.seed, rho=0.0
         ),
         "ensemble_coverage_independent_noise": coverage(
-            ensemble, env_id, starts, plans, args.samples, args.seed, rho=0.0
+            ensemble, real, starts, plans, args.samples, args.seed, rho=0.0
         ),
         "gan_train_s": gan_time,
         "ensemble_train_s": ens_time,
@@ -183,18 +191,28 @@ def starts_and_plans(data, space, args: argparse.Namespace) -> tuple[np.ndarray,
     return starts, plans
 
 
+def machine_info(args: argparse.Namespace) -> dict:
+    return {"cpu_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__}
+
+
 def saved_model_coverage(args: argparse.Namespace) -> None:
     """``--models``: the calibration coverage of saved models, with their own and with independent noise."""
     env_id = ENVS[args.envs[0]]
+    models = {run: simgan.load_model(run, device="cpu") for run in args.models}  # all refused before any work
+    for run, model in models.items():
+        if model.info.env_id != env_id:
+            raise SystemExit(
+                f"--models {run}: expected a model of {env_id} (--envs), got one of {model.info.env_id}"
+            )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = simgan.collect(
             env_id, steps=args.data_steps, workers=0, out=Path(tmp) / "data", seed=args.seed, progress=False
         )
-        for run in args.models:
-            model = simgan.load_model(run, device="cpu")
-            starts, plans = starts_and_plans(data, model.info.action_space, args)
-            own = coverage(model, env_id, starts, plans, args.samples, args.seed)
+        starts, plans = starts_and_plans(data, data.action_space, args)
+        real = real_batch(env_id, starts, plans, args.samples, args.seed)
+        for run, model in models.items():
+            own = coverage(model, real, starts, plans, args.samples, args.seed)
             rows.append(
                 {
                     "env": env_id,
@@ -202,7 +220,7 @@ def saved_model_coverage(args: argparse.Namespace) -> None:
                     "noise_correlation": model.noise_correlation,
                     "coverage": own,
                     "coverage_independent_noise": coverage(
-                        model, env_id, starts, plans, args.samples, args.seed, rho=0.0
+                        model, real, starts, plans, args.samples, args.seed, rho=0.0
                     ),
                     "pass": abs(own - TARGET_COVERAGE) <= TOLERANCE,
                 }
@@ -215,8 +233,7 @@ def saved_model_coverage(args: argparse.Namespace) -> None:
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu_threads": args.threads, "python": platform.python_version(), "torch": torch.__version__}
-    atomic_write_json(out, {"args": vars(args), "machine": machine, "saved_models": rows})
+    atomic_write_json(out, {"args": vars(args), "machine": machine_info(args), "saved_models": rows})
     print(f"wrote {out}")
 
 
@@ -319,11 +336,7 @@ def main() -> None:
         out,
         {
             "args": vars(args),
-            "machine": {
-                "cpu_threads": args.threads,
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-            },
+            "machine": machine_info(args),
             "calibration": rows,
             "planning": speed,
         },

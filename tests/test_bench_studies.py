@@ -97,7 +97,29 @@ def test_forecast_models_scores_saved_models_like_the_benchmark(forecast_bench, 
     args = argparse.Namespace(seed=0, starts=2, horizon=3)
     starts, plans = forecast_bench.starts_and_plans(data, model.info.action_space, args)
     assert starts.shape == (2, 3) and plans.shape == (2, 3, 1)
-    expected = forecast_bench.coverage(model, "Pendulum-v1", starts, plans, 8, 0)
+    real = forecast_bench.real_batch("Pendulum-v1", starts, plans, 8, 0)
+    expected = forecast_bench.coverage(model, real, starts, plans, 8, 0)
     assert row["coverage"] == pytest.approx(expected)
     assert 0.0 <= row["coverage_independent_noise"] <= 1.0
     assert row["pass"] == (abs(expected - 0.8) <= 0.07)
+
+    # a model of another env is refused by name before anything is collected or written
+    other = tmp_path / "other.json"
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "bench_forecast.py",
+            *argv[:-4],
+            "--envs",
+            "kicked",
+            "--models",
+            str(tmp_path / "gan"),
+            "--out",
+            str(other),
+        ],
+    )
+    with pytest.raises(
+        SystemExit, match=r"expected a model of simgan/KickedPendulum-v0 .*got one of Pendulum-v1"
+    ):
+        forecast_bench.main()
+    assert not other.exists()
