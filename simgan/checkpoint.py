@@ -28,7 +28,7 @@ from safetensors.torch import save as safetensors_save
 
 from simgan.errors import SimganError
 from simgan.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes
-from simgan.world_model import ModelInfo, WorldModel
+from simgan.world_model import MAX_NOISE_SPREAD, ModelInfo, WorldModel
 
 CHECKPOINT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -98,6 +98,22 @@ def save_model(
             old.unlink(missing_ok=True)
 
 
+def update_model_json(
+    directory: str | Path, *, config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None
+) -> None:
+    """Set fields of a saved model's ``config`` and ``metrics`` (e.g. a calibration made after it was written).
+
+    The directory is verified first (:func:`load_model_files`); ``model.json`` is rewritten atomically and the
+    weights are not touched.
+    """
+    load_model_files(directory)
+    path = Path(directory) / MODEL_JSON
+    meta = json.loads(path.read_text())
+    meta["config"].update(config or {})
+    meta["metrics"] = {**meta.get("metrics", {}), **(metrics or {})}
+    atomic_write_json(path, meta)
+
+
 def load_model_files(directory: str | Path) -> ModelFiles:
     """Read and verify a model directory without building a model."""
     directory = Path(directory)
@@ -140,15 +156,28 @@ def load_model_files(directory: str | Path) -> ModelFiles:
     )
 
 
-def stored_noise_correlation(files: ModelFiles) -> float:
-    """The forecast noise correlation saved in ``model.json`` (``config.noise_correlation``; 0 when absent, as in
-    models saved before it existed), checked to be a number in [0, 1]."""
+def stored_forecast_noise(files: ModelFiles) -> tuple[float, float]:
+    """(noise_correlation, noise_spread): how forecasts draw this model's noise, as saved in ``model.json``.
+
+    ``config.noise_correlation`` is a number in [0, 1] and ``config.noise_spread`` one in (0, MAX_NOISE_SPREAD];
+    0 and 1 when absent, as in models saved before they existed. A bad value raises :class:`CheckpointError`
+    naming the field.
+    """
     rho = files.config.get("noise_correlation", 0.0)
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
         raise CheckpointError(
             f"{MODEL_JSON}: config.noise_correlation: expected a number in [0, 1], got {rho!r}"
         )
-    return float(rho)
+    spread = files.config.get("noise_spread", 1.0)
+    if (
+        isinstance(spread, bool)
+        or not isinstance(spread, (int, float))
+        or not 0.0 < spread <= MAX_NOISE_SPREAD
+    ):
+        raise CheckpointError(
+            f"{MODEL_JSON}: config.noise_spread: expected a number in (0, {MAX_NOISE_SPREAD:g}], got {spread!r}"
+        )
+    return float(rho), float(spread)
 
 
 def load_model(directory: str | Path, device: str | torch.device = "auto") -> WorldModel:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simgan import workspace
-from simgan.checkpoint import CheckpointError, ModelFiles, save_model, stored_noise_correlation
+from simgan.checkpoint import CheckpointError, ModelFiles, save_model, stored_forecast_noise
 from simgan.config import check_hidden_sizes
 from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
@@ -126,8 +126,10 @@ class GaussianEnsemble(nn.Module):
         self.register_buffer("elite_index", torch.arange(config.elites))
         self.register_buffer("realism_reference", torch.zeros(0))
         self.space_clamp = SpaceClamp(info.observation_space)  # samples stay where the env's states can be
-        # Step-to-step correlation of the noise in forecasts (simgan.forecast_calibration; set by training).
+        # How forecasts draw noise (simgan.forecast_calibration; set by training): its step-to-step correlation
+        # and a factor on the members' standard deviation.
         self.noise_correlation = 0.0
+        self.noise_spread = 1.0
 
     @property
     def device(self) -> torch.device:
@@ -222,13 +224,15 @@ class GaussianEnsemble(nn.Module):
         noise: torch.Tensor | None,
         generator: torch.Generator | None,
         repeats: torch.Tensor | None = None,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, ...]:
         """One ensemble pass and draw: (next_obs, reward, terminated, target B x T, mean, logvar M x B x T,
         obs B x O as a float32 tensor).
 
         ``next_obs`` is clamped into the observation space; ``target`` is the draw before that clamp. With
         ``repeats`` (G ints summing to B), ``obs`` and ``action`` hold G rows and row g stands for ``repeats[g]``
-        consecutive rows: the members run once per distinct row (:meth:`sample_repeated`).
+        consecutive rows: the members run once per distinct row (:meth:`sample_repeated`). ``spread`` multiplies the
+        members' standard deviation (forecasts' calibrated ``noise_spread``; the elite is picked as before).
         """
         inputs = self.normalized_inputs(obs, action)
         mean, logvar, logit = self.forward(inputs)
@@ -247,7 +251,8 @@ class GaussianEnsemble(nn.Module):
         n_elites = len(self.elite_index)
         member = self.elite_index[(uniform * n_elites).long().clamp_(0, n_elites - 1)]
         rows = torch.arange(batch, device=self.device)
-        target = mean[member, rows] + torch.exp(0.5 * logvar[member, rows]) * noise[:, : self.target_dim]
+        std = torch.exp(0.5 * logvar[member, rows])
+        target = mean[member, rows] + (std if spread == 1.0 else spread * std) * noise[:, : self.target_dim]
         next_obs, reward = self._untarget(obs, target)
         return self.space_clamp(next_obs), reward, logit[member, rows] > 0.0, target, mean, logvar, obs
 
@@ -274,9 +279,11 @@ class GaussianEnsemble(nn.Module):
         *,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
-        return self._outputs(self._draw(obs, action, noise, generator), realism=False)
+        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``.
+        ``spread`` multiplies the members' standard deviation (forecasts' ``noise_spread``)."""
+        return self._outputs(self._draw(obs, action, noise, generator, spread=spread), realism=False)
 
     @torch.no_grad()
     def sample_with_realism(
@@ -286,9 +293,10 @@ class GaussianEnsemble(nn.Module):
         *,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`sample` plus the :meth:`realism` of the sampled transitions, from the same ensemble pass."""
-        return self._outputs(self._draw(obs, action, noise, generator), realism=True)
+        return self._outputs(self._draw(obs, action, noise, generator, spread=spread), realism=True)
 
     @torch.no_grad()
     def sample_repeated(
@@ -300,12 +308,13 @@ class GaussianEnsemble(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         realism: bool = False,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, ...]:
         """:meth:`sample` (or with ``realism``, :meth:`sample_with_realism`) of ``obs`` and ``action`` repeated
         ``repeats`` times each (``repeat_interleave``), with the members run once per distinct row
         (:func:`simgan.world_model.sample_repeated`). Equal to sampling the repeated rows up to float rounding."""
         repeats = repeat_counts(repeats, len(obs), self.device, EnsembleError)
-        return self._outputs(self._draw(obs, action, noise, generator, repeats), realism)
+        return self._outputs(self._draw(obs, action, noise, generator, repeats, spread), realism)
 
     @torch.no_grad()
     def mean(
@@ -367,7 +376,11 @@ class GaussianEnsemble(nn.Module):
         save_model(
             directory,
             kind="ensemble",
-            config={"ensemble": config, "noise_correlation": self.noise_correlation},
+            config={
+                "ensemble": config,
+                "noise_correlation": self.noise_correlation,
+                "noise_spread": self.noise_spread,
+            },
             info=self.info,
             tensors=tensors,
             metrics=metrics,
@@ -381,7 +394,7 @@ class GaussianEnsemble(nn.Module):
         except (KeyError, TypeError, SimganError) as exc:
             raise CheckpointError(f"model.json: cannot read the ensemble's config ({exc})") from exc
         model = cls(files.info, config)
-        model.noise_correlation = stored_noise_correlation(files)
+        model.noise_correlation, model.noise_spread = stored_forecast_noise(files)
         tensors = dict(files.tensors)
         model.realism_reference = torch.empty_like(tensors.get("realism_reference", torch.zeros(0)))
         try:

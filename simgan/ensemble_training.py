@@ -3,7 +3,7 @@
 Every member sees its own bootstrap resample of the training split; the loss is the Gaussian NLL plus BCE for
 termination plus a small penalty on ``max_logvar - min_logvar``. Validation keeps each member's best snapshot and
 stops when no member improves; the ``elites`` members with the lowest validation MSE are kept, then realism and
-the forecast noise correlation are calibrated on the validation batch.
+the forecast noise (correlation and spread) are calibrated on the validation batch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from simgan.dataset_format import TransitionBatch
 from simgan.ensemble import EnsembleConfig, EnsembleError, GaussianEnsemble
-from simgan.forecast_calibration import calibrate_noise_correlation
+from simgan.forecast_calibration import calibrate_forecast_noise
 from simgan.world_model import ModelInfo
 
 
@@ -169,7 +169,9 @@ def train_ensemble(
     model.elite_index = torch.argsort(best_mse)[: config.elites].sort().values
     model.eval()
     model.calibrate_realism(val_batch)
-    model.noise_correlation, coverage = calibrate_noise_correlation(model, val_batch, seed=config.seed)
+    model.noise_correlation, model.noise_spread, coverage = calibrate_forecast_noise(
+        model, val_batch, seed=config.seed
+    )
     metrics = {
         "val_mse_elites": float(best_mse[model.elite_index].mean()),
         "steps": step + 1,

@@ -31,6 +31,7 @@ from simgan.forecast_inputs import (
     check_plan,
     check_policy_output,
     check_positive_int,
+    check_spread,
     check_states,
     chunk_rows,
 )
@@ -58,6 +59,8 @@ class Forecast:
             computed).
         noise_correlation: the rho the model noise was carried over steps with (0: independent steps; see
             :func:`forecast`); 0 when noise was fixed by the caller, and for files saved before it was recorded.
+        noise_spread: the factor the model's sampled deviation from its mean was scaled by (1: the model's one-step
+            spread, and for files saved before it was recorded).
     """
 
     start_states: np.ndarray
@@ -68,6 +71,7 @@ class Forecast:
     alive: np.ndarray
     realism: np.ndarray
     noise_correlation: float = 0.0
+    noise_spread: float = 1.0
 
     ARRAYS: ClassVar[tuple[str, ...]] = (
         "start_states",
@@ -136,6 +140,7 @@ class Forecast:
             "num_samples": samples,
             "horizon": horizon,
             "noise_correlation": self.noise_correlation,
+            "noise_spread": self.noise_spread,
             "states": per_state,
         }
 
@@ -147,7 +152,12 @@ class Forecast:
         directory.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         arrays = {k: getattr(self, k) for k in self.ARRAYS}
-        np.savez(buffer, **arrays, noise_correlation=np.float64(self.noise_correlation))
+        np.savez(
+            buffer,
+            **arrays,
+            noise_correlation=np.float64(self.noise_correlation),
+            noise_spread=np.float64(self.noise_spread),
+        )
         atomic_write_bytes(directory / "forecast.npz", buffer.getvalue())
         atomic_write_json(directory / "forecast.json", self.summary())
 
@@ -168,23 +178,30 @@ class Forecast:
                 raise ForecastError(
                     "concatenate: expected forecasts of the same start states, got different ones"
                 )
-            if part.noise_correlation != first.noise_correlation:
-                raise ForecastError(
-                    f"concatenate: expected forecasts of the same noise correlation, got "
-                    f"{part.noise_correlation} and {first.noise_correlation}"
-                )
+            for name in ("noise_correlation", "noise_spread"):
+                if getattr(part, name) != getattr(first, name):
+                    raise ForecastError(
+                        f"concatenate: expected forecasts of the same {name.replace('_', ' ')}, got "
+                        f"{getattr(part, name)} and {getattr(first, name)}"
+                    )
         arrays = {
             name: np.concatenate([getattr(part, name) for part in parts], axis=1)
             for name in cls.ARRAYS
             if name != "start_states"
         }
-        return cls(start_states=first.start_states, noise_correlation=first.noise_correlation, **arrays)
+        return cls(
+            start_states=first.start_states,
+            noise_correlation=first.noise_correlation,
+            noise_spread=first.noise_spread,
+            **arrays,
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> Forecast:
         with np.load(Path(directory) / "forecast.npz", allow_pickle=False) as npz:
             rho = float(npz["noise_correlation"]) if "noise_correlation" in npz.files else 0.0
-            return cls(**{k: npz[k] for k in cls.ARRAYS}, noise_correlation=rho)
+            spread = float(npz["noise_spread"]) if "noise_spread" in npz.files else 1.0
+            return cls(**{k: npz[k] for k in cls.ARRAYS}, noise_correlation=rho, noise_spread=spread)
 
 
 def forecast(
@@ -198,6 +215,7 @@ def forecast(
     seed: int = 0,
     noise: np.ndarray | None = None,
     noise_correlation: float | None = None,
+    noise_spread: float | None = None,
     compute_realism: bool = True,
     max_memory: int = DEFAULT_MAX_MEMORY,
     progress: bool = False,
@@ -218,6 +236,9 @@ def forecast(
             (``z_t = rho z_{t-1} + sqrt(1 - rho^2) eps_t``: every step's noise stays standard normal). 0: independent
             steps; 1: one draw per branch (PETS's TS-infinity). Default: the model's ``noise_correlation``,
             calibrated on held-out episodes when it was trained (see :mod:`simgan.forecast_calibration`), else 0.
+        noise_spread: a factor (> 0) on each step's sampled deviation from the model's mean: the GAN's residual,
+            the ensemble's standard deviation. Default: the model's ``noise_spread``, calibrated with the
+            correlation (1 when the model has none, or when ``noise`` is given: the model's one-step spread).
         compute_realism: score every step's realism (``model.sample_with_realism``: the GAN's critic on top of
             the sampling pass).
         max_memory: bound in bytes on the working set; larger requests are processed in chunks of branches.
@@ -243,6 +264,9 @@ def forecast(
     rho = check_correlation(
         getattr(model, "noise_correlation", 0.0) if noise_correlation is None else noise_correlation
     )
+    if noise_spread is None:
+        noise_spread = 1.0 if noise is not None else getattr(model, "noise_spread", 1.0)
+    spread = check_spread(noise_spread, model)
     fixed_noise = None
     if noise is not None:
         try:
@@ -310,6 +334,7 @@ def forecast(
                     step_noise,
                     generator,
                     compute_realism,
+                    spread,
                 )
             next_obs = torch.where(live[:, None], next_obs, obs)  # ended branches keep their final state
             flat["alive"][lo:hi, t] = live.cpu().numpy()
@@ -322,7 +347,7 @@ def forecast(
             live = live & ~terminated
             obs = next_obs
     used = 0.0 if fixed_noise is not None else rho  # fixed noise: the caller chose every step's draw
-    return Forecast(start_states=start, **out, noise_correlation=used)
+    return Forecast(start_states=start, **out, noise_correlation=used, noise_spread=spread)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -338,15 +363,20 @@ def _model_step(
     noise: torch.Tensor | None,
     generator: torch.Generator,
     realism: bool,
+    spread: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(next_obs, reward, terminated, realism or None) of one step; with ``repeats``, ``obs``/``action`` row g
-    stands for ``repeats[g]`` rows (:func:`simgan.world_model.sample_repeated`)."""
+    stands for ``repeats[g]`` rows (:func:`simgan.world_model.sample_repeated`). ``spread`` other than 1 reaches
+    only models that take it (:func:`simgan.forecast_inputs.check_spread`)."""
+    kwargs: dict[str, Any] = {"noise": noise, "generator": generator}
+    if spread != 1.0:
+        kwargs["spread"] = spread
     if repeats is not None:
-        out = sample_repeated(model, obs, action, repeats, noise=noise, generator=generator, realism=realism)
+        out = sample_repeated(model, obs, action, repeats, realism=realism, **kwargs)
     elif realism:
-        out = model.sample_with_realism(obs, action, noise=noise, generator=generator)
+        out = model.sample_with_realism(obs, action, **kwargs)
     else:
-        out = model.sample(obs, action, noise=noise, generator=generator)
+        out = model.sample(obs, action, **kwargs)
     return (*out, None) if len(out) == 3 else out
 
 

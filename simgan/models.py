@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from simgan.checkpoint import ModelFiles, stored_noise_correlation
+from simgan.checkpoint import ModelFiles, stored_forecast_noise
 from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.gan_networks import Discriminator, Generator, ModelConfig, Normalizer
@@ -66,8 +66,10 @@ class ConditionalGAN(nn.Module):
         self.discriminator = Discriminator(obs_dim, action_dim, config)
         # Sorted discriminator scores of real validation transitions: realism = the fraction scoring lower.
         self.register_buffer("realism_reference", torch.zeros(0))
-        # Step-to-step correlation of the noise in forecasts (simgan.forecast_calibration; set by training).
+        # How forecasts draw noise (simgan.forecast_calibration; set by training): its step-to-step correlation
+        # and a factor on the residual's spread.
         self.noise_correlation = 0.0
+        self.noise_spread = 1.0
         self.space_clamp = SpaceClamp(info.observation_space)
 
     @property
@@ -109,8 +111,12 @@ class ConditionalGAN(nn.Module):
         noise: torch.Tensor | None,
         generator: torch.Generator | None,
         repeats: torch.Tensor | None = None,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One generator pass: (next_obs B x O, reward B, terminated B, cond B x (O + A), residual B x T).
+
+        ``spread`` multiplies the generated residual (forecasts' calibrated ``noise_spread``; 1: the trained
+        one-step distribution); the residual returned, and judged, is the widened one.
 
         Next states are clamped into the observation space (:class:`simgan.world_model.SpaceClamp`); the
         residual returned is the one the clamped transition amounts to, which is what the discriminator judges.
@@ -129,6 +135,8 @@ class ConditionalGAN(nn.Module):
                 )
         z = self._noise(cond.shape[0], noise, generator)
         residual = self.generator.residual(cond, z)
+        if spread != 1.0:
+            residual = residual * spread
         if bounds is not None:
             target, residual = self.generator.bounded(mean, residual, *bounds)
         else:
@@ -145,9 +153,11 @@ class ConditionalGAN(nn.Module):
         *,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``."""
-        return self._outputs(self._generate(obs, action, noise, generator), realism=False)
+        """One sampled step: (next_obs B x O, reward B, terminated B bool); all randomness comes from ``noise``.
+        ``spread`` widens (> 1) or narrows the sampled residual around the mean (forecasts' ``noise_spread``)."""
+        return self._outputs(self._generate(obs, action, noise, generator, spread=spread), realism=False)
 
     @torch.no_grad()
     def sample_with_realism(
@@ -157,13 +167,14 @@ class ConditionalGAN(nn.Module):
         *,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`sample` plus the :meth:`realism` of the sampled transitions, with the mean head run once.
 
         The discriminator judges ``(target - mu) / scale``; for a generated transition that is exactly the
         residual the generator produced, so no second mean-head pass is needed.
         """
-        return self._outputs(self._generate(obs, action, noise, generator), realism=True)
+        return self._outputs(self._generate(obs, action, noise, generator, spread=spread), realism=True)
 
     @torch.no_grad()
     def sample_repeated(
@@ -175,13 +186,14 @@ class ConditionalGAN(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         realism: bool = False,
+        spread: float = 1.0,
     ) -> tuple[torch.Tensor, ...]:
         """:meth:`sample` (or with ``realism``, :meth:`sample_with_realism`) of ``obs`` and ``action`` repeated
         ``repeats`` times each (``repeat_interleave``), with the mean head run once per distinct row: the first
         step of N futures from the same state and plan (:func:`simgan.world_model.sample_repeated`). Equal to
         sampling the repeated rows up to float rounding (the matmuls see fewer rows)."""
         repeats = repeat_counts(repeats, len(obs), self.device, ModelShapeError)
-        return self._outputs(self._generate(obs, action, noise, generator, repeats), realism)
+        return self._outputs(self._generate(obs, action, noise, generator, repeats, spread), realism)
 
     def _outputs(self, generated: tuple[torch.Tensor, ...], realism: bool) -> tuple[torch.Tensor, ...]:
         """A :meth:`_generate` as the interface returns it: (next_obs, reward, terminated[, realism]); the realism
@@ -299,7 +311,7 @@ class ConditionalGAN(nn.Module):
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"model.json: cannot read the GAN's model config ({exc})") from exc
         model = cls(files.info, config)
-        model.noise_correlation = stored_noise_correlation(files)
+        model.noise_correlation, model.noise_spread = stored_forecast_noise(files)
         try:
             model.load_tensors(files.tensors)
         except SimganError as exc:

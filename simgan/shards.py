@@ -243,6 +243,7 @@ def sharded_forecast(
     policy: Callable[[Any, int], Callable[[np.ndarray], np.ndarray]] | None = None,
     seed: int = 0,
     noise_correlation: float | None = None,
+    noise_spread: float | None = None,
     compute_realism: bool = True,
     max_memory: int | None = None,
     device: str = "cpu",
@@ -264,8 +265,9 @@ def sharded_forecast(
         policy: None (uniform random actions, seeded), or a picklable factory ``(model, k) -> policy`` that shard
             k calls with its loaded model (e.g. ``functools.partial`` of a function that loads a saved agent there
             and gives its action sampling a stream of its own for k > 0).
-        seed, noise_correlation, compute_realism, max_memory: as for :func:`simgan.forecast`, per shard
-            (``max_memory``: bytes; ``noise_correlation`` None: the stored model's calibrated value).
+        seed, noise_correlation, noise_spread, compute_realism, max_memory: as for :func:`simgan.forecast`, per
+            shard (``max_memory``: bytes; ``noise_correlation`` / ``noise_spread`` None: the stored model's
+            calibrated values).
         device: where each shard simulates.
         workers, address, gpus_per_shard: as for :func:`run_shards`.
 
@@ -287,6 +289,7 @@ def sharded_forecast(
         "policy": policy,
         "horizon": horizon,
         "noise_correlation": noise_correlation,
+        "noise_spread": noise_spread,
         "compute_realism": compute_realism,
         "max_memory": DEFAULT_MAX_MEMORY if max_memory is None else max_memory,
         "device": device,

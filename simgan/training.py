@@ -56,6 +56,7 @@ from simgan.training_parts import (
     average_heads,
     bounded_mean,
     calibrate,
+    calibrate_final,
     check_finite,
     component_classifier,
     final_metrics,
@@ -325,6 +326,7 @@ def train(
     if writer is None:
         return model.eval()
     writer.close()
+    calibrate_final(out, dataset.validation, config.seed, device)
     return load_model(out, device=device)  # type: ignore[return-value]
 
 

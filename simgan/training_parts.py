@@ -12,13 +12,16 @@ from typing import Any
 
 import torch
 
-from simgan.checkpoint import save_model
+from simgan.checkpoint import load_model, save_model, update_model_json
 from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
-from simgan.forecast_calibration import calibrate_noise_correlation
+from simgan.forecast_calibration import calibrate_forecast_noise
 from simgan.gan_networks import Generator, mlp
 from simgan.models import ConditionalGAN
 from simgan.train_config import TrainConfig
+
+# Held-out windows of the forecast-noise calibration at every evaluation (see calibrate_final for the last one).
+CHECKPOINT_WINDOWS = 32
 
 
 class TrainingDivergedError(SimganError):
@@ -167,12 +170,28 @@ def check_finite(step: int, **values: torch.Tensor) -> None:
 def calibrate(model: ConditionalGAN, validation: TransitionBatch, seed: int) -> dict[str, Any]:
     """Set the realism reference and forecast noise correlation of the model as it is now; once per evaluation.
 
+    A quick pass (32 windows, spread 1): the model training returns gets the full one (:func:`calibrate_final`).
+
     Returns:
         the metrics the calibration adds to a checkpoint.
     """
     model.calibrate_realism(validation)
-    model.noise_correlation, coverage = calibrate_noise_correlation(model, validation, seed=seed)
+    model.noise_correlation, model.noise_spread, coverage = calibrate_forecast_noise(
+        model, validation, spreads=(1.0,), windows=CHECKPOINT_WINDOWS, seed=seed
+    )
     return {"forecast_band_coverage": coverage}
+
+
+def calibrate_final(directory: Path, validation: TransitionBatch, seed: int, device: torch.device) -> None:
+    """Calibrate the forecast noise (correlation and spread) of the checkpoint in ``directory`` in full
+    (:func:`simgan.forecast_calibration.calibrate_forecast_noise`) and record it in its ``model.json``."""
+    model = load_model(directory, device=device)
+    rho, spread, coverage = calibrate_forecast_noise(model, validation, seed=seed)
+    update_model_json(
+        directory,
+        config={"noise_correlation": rho, "noise_spread": spread},
+        metrics={"forecast_band_coverage": coverage},
+    )
 
 
 def save_checkpoint(
@@ -186,6 +205,7 @@ def save_checkpoint(
             "model": model.config.to_json(),
             "train": config.to_json(),
             "noise_correlation": model.noise_correlation,
+            "noise_spread": model.noise_spread,
         },
         info=model.info,
         tensors=model.state_tensors(),

@@ -13,8 +13,11 @@ Conventions (all tensors batched, on ``model.device``):
               (the fraction of real validation transitions that scored lower). A threshold of 0.01 therefore
               flags transitions less plausible than 99 % of real ones, whatever the model type.
 
-Optional: ``noise_correlation`` (float in [0, 1]), how forecasts carry a branch's noise from step to step
-(:mod:`simgan.forecast_calibration`); models without it forecast with independent noise per step.
+Optional, for forecasts (:mod:`simgan.forecast_calibration`): ``noise_correlation`` (float in [0, 1]), how a
+branch's noise carries over from step to step (models without it forecast with independent noise per step), and
+``noise_spread`` (float > 0), a factor on the sampled deviation from the mean. A model with ``noise_spread`` takes
+a ``spread`` keyword in ``sample``, ``sample_with_realism`` and ``sample_repeated`` (1: its trained one-step
+distribution); models without it forecast with their one-step spread.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from simgan.spaces import action_dim, space_from_dict, space_to_dict
 # A data column whose std is below this is constant (CartPole's reward of 1): every model's normaliser and the
 # metrics leave such columns in raw units instead of dividing float noise by a tiny std.
 CONSTANT_COLUMN_STD = 1e-6
+# A model's noise_spread above this is refused (model.json, forecasts): a typo, not a calibration.
+MAX_NOISE_SPREAD = 10.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,7 @@ def sample_repeated(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     realism: bool = False,
+    spread: float = 1.0,
 ) -> tuple[torch.Tensor, ...]:
     """``model.sample`` (or with ``realism``, ``sample_with_realism``) of G rows of ``obs`` and ``action``, row g
     repeated ``repeats[g]`` times (``repeat_interleave``; B = ``repeats.sum()`` rows out, ``noise`` B x noise_dim).
@@ -176,15 +182,18 @@ def sample_repeated(
     N futures from one state under one plan share their first (state, action): models that offer
     ``sample_repeated`` (the GAN and the ensemble) run their deterministic part (the mean head, the members) once
     per distinct row, which equals sampling the repeated rows up to float rounding. Other models sample the
-    repeated rows.
+    repeated rows. ``spread`` other than 1 is passed on (models with ``noise_spread``; see the module docstring).
     """
+    kwargs: dict[str, Any] = {"noise": noise, "generator": generator}
+    if spread != 1.0:
+        kwargs["spread"] = spread
     own = getattr(model, "sample_repeated", None)
     if own is not None:
-        return own(obs, action, repeats, noise=noise, generator=generator, realism=realism)
+        return own(obs, action, repeats, realism=realism, **kwargs)
     obs, action = (torch.as_tensor(t).repeat_interleave(repeats, dim=0) for t in (obs, action))
     if realism:
-        return model.sample_with_realism(obs, action, noise=noise, generator=generator)
-    return model.sample(obs, action, noise=noise, generator=generator)
+        return model.sample_with_realism(obs, action, **kwargs)
+    return model.sample(obs, action, **kwargs)
 
 
 class SpaceClamp:

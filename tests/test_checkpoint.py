@@ -89,6 +89,30 @@ def test_tampered_weights_name_the_file(run_dir: Path, tmp_path: Path) -> None:
         load_model(copy, device="cpu")
 
 
+def test_update_model_json_sets_fields_and_refuses_a_broken_directory(run_dir: Path, tmp_path: Path) -> None:
+    """The post-training calibration rewrites config and metrics only; a directory that fails verification is
+    refused before anything is written."""
+    import shutil
+
+    from simgan.checkpoint import update_model_json
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = json.loads((copy / "model.json").read_text())
+    update_model_json(copy, config={"noise_spread": 1.25}, metrics={"forecast_band_coverage": {"1.0": 0.8}})
+    after = json.loads((copy / "model.json").read_text())
+    assert after["config"] == {**before["config"], "noise_spread": 1.25}
+    assert after["metrics"] == {**before["metrics"], "forecast_band_coverage": {"1.0": 0.8}}
+    assert after["weights"] == before["weights"]
+    assert load_model(copy, device="cpu").noise_spread == 1.25
+    path = weights_file(copy)
+    path.write_bytes(path.read_bytes()[:100])
+    saved = (copy / "model.json").read_bytes()
+    with pytest.raises(CheckpointError, match=path.name):
+        update_model_json(copy, config={"noise_spread": 2.0})
+    assert (copy / "model.json").read_bytes() == saved
+
+
 def test_missing_model_config_is_a_checkpoint_error(run_dir: Path, tmp_path: Path) -> None:
     import shutil
 

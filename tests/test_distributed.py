@@ -404,7 +404,7 @@ def test_forecast_shards(
 
     model_dir, agent = tiny_run["model"], str(tiny_run["agent"])
     flags = ["forecast", "--model", str(model_dir), "--states-from", str(dataset), "--num-states", "2"]
-    flags += ["--horizon", "6", "--samples", "7", "--seed", "11", "--device", "cpu"]
+    flags += ["--horizon", "6", "--samples", "7", "--seed", "11", "--device", "cpu", "--noise-spread", "1.25"]
     # a saved agent as the policy, loaded inside each actor; 7 futures -> shards of 4 and 3 (seeds 11, 12)
     assert main([*flags, "--policy", agent, "--shards", "2", "--out", str(tmp_path / "agent")]) == 0
     sharded = Forecast.load(tmp_path / "agent")
@@ -416,9 +416,16 @@ def test_forecast_shards(
     for k, (lo, hi) in enumerate([(0, 4), (4, 7)]):
         policy = load_policy(agent, *spaces, shard=k)  # loaded afresh, as in shard k
         alone = forecast(
-            model, sharded.start_states, policy=policy, horizon=6, num_samples=hi - lo, seed=11 + k
+            model,
+            sharded.start_states,
+            policy=policy,
+            horizon=6,
+            num_samples=hi - lo,
+            seed=11 + k,
+            noise_spread=1.25,
         )
         assert sharded.noise_correlation == alone.noise_correlation == model.noise_correlation
+        assert sharded.noise_spread == alone.noise_spread == 1.25  # the flag reached every shard
         for name in Forecast.ARRAYS:
             part = getattr(sharded, name) if name == "start_states" else getattr(sharded, name)[:, lo:hi]
             np.testing.assert_array_equal(part, getattr(alone, name), err_msg=f"shard {k}: {name}")
@@ -432,7 +439,7 @@ def test_forecast_shards(
     assert names[0] == names[1] and "fan_state1.png" in names[0]
     assert json.loads((tmp_path / "s" / "forecast.json").read_text())["num_samples"] == 7
     shard0 = Forecast.load(tmp_path / "s")
-    alone = forecast(model, shard0.start_states, horizon=6, num_samples=4, seed=11)
+    alone = forecast(model, shard0.start_states, horizon=6, num_samples=4, seed=11, noise_spread=1.25)
     np.testing.assert_array_equal(shard0.observations[:, :4], alone.observations)
 
     # an error inside the actors reaches the command line as itself: one line, exit status 2

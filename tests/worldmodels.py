@@ -10,6 +10,9 @@
 ``DiscreteLinearModel`` (Discrete(3) actions, obs_dim 2, noise_dim 2): next_obs_0 = obs_0 + 0.1 * (a - 1) +
 0.01 * noise_0, next_obs_1 = obs_1 + 0.01 * noise_1; reward = -|next_obs_0|; terminated = |next_obs_0| > 2.
 
+``SpreadLinearModel``: a LinearModel whose noise is ``width`` times narrower or wider (``0.01 * width * noise``), that
+takes the ``spread`` of forecasts (``noise_spread``): ``0.01 * width * spread * noise``.
+
 ``PoisonedModel``: a LinearModel whose output turns NaN/inf for rows with obs_2 above ``poison_above``.
 """
 
@@ -97,6 +100,27 @@ class LinearModel(_Realism):
     def realism(self, obs, action, next_obs, reward):
         z = (next_obs - self.drift(obs, action)) / SCALE_NOISE
         return torch.exp(-(z**2).mean(dim=1) / 2)
+
+
+class SpreadLinearModel(LinearModel):
+    """A LinearModel with noise ``width`` times the real system's, offering forecasts a ``spread``."""
+
+    def __init__(self, width: float) -> None:
+        super().__init__()
+        self.width = width
+        self.noise_correlation = 0.0
+        self.noise_spread = 1.0
+
+    def sample(self, obs, action, *, noise=None, generator=None, spread=1.0):
+        if noise is None:
+            noise = torch.randn(obs.shape[0], self.noise_dim, generator=generator, device=obs.device)
+        return super().sample(obs, action, noise=noise * (self.width * spread))
+
+    def sample_with_realism(self, obs, action, *, noise=None, generator=None, spread=1.0):
+        next_obs, reward, terminated = self.sample(
+            obs, action, noise=noise, generator=generator, spread=spread
+        )
+        return next_obs, reward, terminated, self.realism(obs, action, next_obs, reward)
 
 
 class DiscreteLinearModel(_Realism):

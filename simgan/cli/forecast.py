@@ -47,6 +47,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "future); default: the value calibrated on held-out episodes at training time",
     )
     parser.add_argument(
+        "--noise-spread",
+        type=float,
+        default=None,
+        help="> 0: a factor on each step's sampled deviation from the model's mean (1: the model's one-step "
+        "spread); default: the value calibrated with --noise-correlation's at training time",
+    )
+    parser.add_argument(
         "--no-realism", action="store_true", help="skip the realism score of each step (faster)"
     )
     parser.add_argument(
@@ -94,15 +101,21 @@ def run(args: argparse.Namespace) -> int:
             num_samples=args.samples,
             seed=args.seed,
             noise_correlation=args.noise_correlation,
+            noise_spread=args.noise_spread,
             compute_realism=not args.no_realism,
             max_memory=int(args.max_memory * 2**20),
             progress=True,
         )
-    if args.noise_correlation is None:
-        rho = getattr(model, "noise_correlation", 0.0)
-        print(f"noise correlation over steps: {rho:g} (calibrated when the model was trained)")
-    else:
-        print(f"noise correlation over steps: {args.noise_correlation:g} (--noise-correlation)")
+    for name, value, flag, given in (
+        (
+            "noise correlation over steps",
+            result.noise_correlation,
+            "--noise-correlation",
+            args.noise_correlation,
+        ),
+        ("noise spread", result.noise_spread, "--noise-spread", args.noise_spread),
+    ):
+        print(f"{name}: {value:g} ({'calibrated when the model was trained' if given is None else flag})")
     print(summary_table(result))
     if args.out:
         out = Path(args.out)
@@ -134,6 +147,7 @@ def _sharded_forecast(args: argparse.Namespace, states):
         policy=policy,
         seed=args.seed,
         noise_correlation=args.noise_correlation,
+        noise_spread=args.noise_spread,
         compute_realism=not args.no_realism,
         max_memory=int(args.max_memory * 2**20),
         device=device,
