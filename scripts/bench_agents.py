@@ -57,8 +57,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "threshold": -200.0,
         "target_steps": 5_000,
         "loop": {
-            "iterations": 10,
-            "real_steps_per_iter": 500,
+            # 250 real steps per iteration (500 before): the model and agent are refreshed twice as often per
+            # real step, and the steps to threshold are counted at that granularity (model-free: eval_every)
+            "iterations": 20,
+            "real_steps_per_iter": 250,
             "rollout_horizon": 25,
             "sim_envs": 32,
             "agent_steps_per_iter": 12_000,
@@ -66,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_steps": {"gan": 1500, "ensemble": 3000},
         "updates_per_step": 0.25,
         "model_free_steps": 20_000,
-        "eval_every": 500,
+        "eval_every": 250,
     },
     "CartPole-v1": {
         "threshold": 475.0,
