@@ -173,6 +173,7 @@ def run_loop_method(env_id: str, model: str, preset: dict[str, Any], seed: int, 
         probe.action_space,
         device=torch.device("cpu"),
         updates_per_step=preset["updates_per_step"],
+        keep_best=preset.get("keep_best", False),
         progress=False,
     )
     start = time.perf_counter()

@@ -129,6 +129,24 @@ def test_loop_collects_through_ray_with_ppo(tmp_path: Path) -> None:
     assert manifest["workers"] == 1 and "SavedAgentPolicy" in manifest["policy"]
 
 
+def test_keep_best_keeps_whichever_agent_scores_higher_in_the_new_learned_env(tmp_path: Path) -> None:
+    """--keep-best: from the second iteration on, the trained agent and the one it started from are scored in the
+    new learned env; the saved agent is the trained one unless the previous one scored higher, and then it is
+    exactly the previous agent (the same weights)."""
+    run = tmp_path / "best"
+    result = simgan("loop", *TINY, "--iterations", "3", "--workers", "0", "--keep-best", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    first = json.loads((run / "iter-000" / "done.json").read_text())["agent"]
+    assert "kept_previous" not in first  # nothing to compare with yet
+    for i in (1, 2):
+        scalars = json.loads((run / f"iter-{i:03d}" / "done.json").read_text())["agent"]
+        kept = scalars["sim_return_previous"] > scalars["sim_return_trained"]
+        assert scalars["kept_previous"] == float(kept)
+        before = (run / f"iter-{i - 1:03d}" / "agent" / "weights.safetensors").read_bytes()
+        after = (run / f"iter-{i:03d}" / "agent" / "weights.safetensors").read_bytes()
+        assert (after == before) == kept, scalars
+
+
 def test_loop_rejects_sac_for_discrete_actions(tmp_path: Path) -> None:
     args = [a if a != "Pendulum-v1" else "CartPole-v1" for a in TINY]
     result = simgan("loop", *args, "--iterations", "1", "--algo", "sac", "--out", str(tmp_path / "x"))

@@ -12,6 +12,7 @@ CEM-MPC). Arrows point one way: cli -> loop -> (collect, train, SimVectorEnv); c
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +41,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--updates-per-step", type=float, default=0.25, help="SAC: gradient updates per simulated transition"
+    )
+    parser.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="SAC/PPO: after each iteration's training, keep the previous agent if it scores higher in the new "
+        "learned env (same episodes, same seeds)",
     )
     parser.add_argument("--mpc-horizon", type=int, default=20, help="MPC: planning horizon")
     parser.add_argument("--mpc-population", type=int, default=100, help="MPC: CEM candidates per iteration")
@@ -78,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     agent_params: dict[str, Any] = {"algo": args.algo}
     if args.algo == "sac":
         agent_params["updates_per_step"] = args.updates_per_step
+    if args.algo in ("sac", "ppo") and args.keep_best:
+        agent_params["keep_best"] = True
     if args.algo == "mpc":
         agent_params.update(horizon=args.mpc_horizon, population=args.mpc_population)
     records = run_loop(
@@ -124,6 +133,7 @@ def make_loop_agent(
         action_space,
         device=device,
         updates_per_step=args.updates_per_step,
+        keep_best=args.keep_best,
         progress=progress,
     )
 
@@ -144,7 +154,10 @@ class GradientLoopAgent:
     """SAC or PPO, trained a little more inside each iteration's learned env (MBPO's branched rollouts).
 
     The networks carry over from iteration to iteration; the replay buffer (SAC) is rebuilt from the new model's
-    rollouts every iteration, as MBPO refreshes its model buffer.
+    rollouts every iteration, as MBPO refreshes its model buffer. With ``keep_best``, an iteration's training is
+    kept only if the trained agent scores at least as well as the one it started from, both evaluated in the new
+    learned env over ``eval_episodes`` full episodes from the same seeds (a guard against a policy-gradient step
+    that undoes the last iteration: PPO on CartPole swings by 100-150 return between iterations).
     """
 
     def __init__(
@@ -155,11 +168,13 @@ class GradientLoopAgent:
         *,
         device: Any,
         updates_per_step: float = 0.25,
+        keep_best: bool = False,
         progress: bool = True,
     ) -> None:
         self.algo, self.device, self.progress = algo, device, progress
         self.observation_space, self.action_space = observation_space, action_space
         self.updates_per_step = updates_per_step
+        self.keep_best = keep_best
         self.agent: Any = None
 
     def collection_policy(self, agent_dir: Path) -> Any:
@@ -173,6 +188,7 @@ class GradientLoopAgent:
         from agents import PPOConfig, SACConfig, train_ppo, train_sac
 
         loop = context.config
+        previous = copy.deepcopy(self.agent) if self.keep_best and self.agent is not None else None
         env = context.make_env(loop.sim_envs)
         if self.algo == "sac":
             first = self.agent is None
@@ -210,7 +226,29 @@ class GradientLoopAgent:
         env.close()
         self.agent = result.agent
         recent = result.episode_returns[-100:]
-        return {"sim_rollout_return": float(np.mean(recent)) if recent else float("nan")}
+        scalars = {"sim_rollout_return": float(np.mean(recent)) if recent else float("nan")}
+        if previous is not None:
+            scalars.update(self._keep_better(previous, context))
+        return scalars
+
+    def _keep_better(self, previous: Any, context: Any) -> dict[str, float]:
+        """Score the trained agent and ``previous`` in the learned env on the same seeds; keep the better."""
+        episodes = context.config.eval_episodes
+        scores = []
+        for agent in (self.agent, previous):
+            env = context.make_env(episodes, branched=False)
+            try:
+                scores.append(_evaluate(agent, env, episodes, seed=context.seed)[0])
+            finally:
+                env.close()
+        kept_previous = scores[1] > scores[0]
+        if kept_previous:
+            self.agent = previous
+        return {
+            "sim_return_trained": scores[0],
+            "sim_return_previous": scores[1],
+            "kept_previous": float(kept_previous),
+        }
 
     def evaluate(self, env: Any, episodes: int, seed: int) -> tuple[float, float]:
         return _evaluate(self.agent, env, episodes, seed)
