@@ -152,6 +152,10 @@ def test_loop_rejects_sac_for_discrete_actions(tmp_path: Path) -> None:
     result = simgan("loop", *args, "--iterations", "1", "--algo", "sac", "--out", str(tmp_path / "x"))
     assert result.returncode == 2
     assert "--algo sac: expected a Box action space" in result.stderr
+    result = simgan("loop", *TINY, "--algo", "mpc", "--keep-best", "--out", str(tmp_path / "y"))
+    assert result.returncode == 2
+    assert "--keep-best: expected --algo sac or ppo" in result.stderr
+    assert not (tmp_path / "y").exists()  # refused before anything was written
 
 
 def test_loop_config_validates() -> None:

@@ -119,6 +119,10 @@ def make_loop_agent(
     continuous = isinstance(action_space, gym.spaces.Box)
     if algo in ("sac", "mpc") and not continuous:
         raise LoopCLIError(f"--algo {algo}: expected a Box action space, got {action_space} (use --algo ppo)")
+    if algo == "mpc" and getattr(args, "keep_best", False):
+        raise LoopCLIError(
+            "--keep-best: expected --algo sac or ppo (agents trained in the model), got --algo mpc"
+        )
     if algo == "mpc":
         return MPCLoopAgent(
             observation_space,
