@@ -36,7 +36,7 @@ from simgan.forecast_inputs import (
     chunk_rows,
 )
 from simgan.fsutil import atomic_write_bytes, atomic_write_json
-from simgan.world_model import WorldModel, sample_repeated
+from simgan.world_model import WorldModel, sample_kwargs, sample_repeated
 
 DEFAULT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of forecast output (and model work) held at once
@@ -368,9 +368,7 @@ def _model_step(
     """(next_obs, reward, terminated, realism or None) of one step; with ``repeats``, ``obs``/``action`` row g
     stands for ``repeats[g]`` rows (:func:`simgan.world_model.sample_repeated`). ``spread`` other than 1 reaches
     only models that take it (:func:`simgan.forecast_inputs.check_spread`)."""
-    kwargs: dict[str, Any] = {"noise": noise, "generator": generator}
-    if spread != 1.0:
-        kwargs["spread"] = spread
+    kwargs = sample_kwargs(noise, generator, spread)
     if repeats is not None:
         out = sample_repeated(model, obs, action, repeats, realism=realism, **kwargs)
     elif realism:

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from simgan import losses
-from simgan.checkpoint import load_model
 from simgan.data import Dataset
 from simgan.data_parallel import SINGLE_PROCESS, DistContext, fit_normalizer, model_info
 from simgan.device import resolve_device
@@ -326,8 +325,7 @@ def train(
     if writer is None:
         return model.eval()
     writer.close()
-    calibrate_final(out, dataset.validation, config.seed, device)
-    return load_model(out, device=device)  # type: ignore[return-value]
+    return calibrate_final(out, dataset.validation, config.seed, device)
 
 
 def hparams_table(values: dict[str, Any]) -> str:

@@ -182,16 +182,25 @@ def calibrate(model: ConditionalGAN, validation: TransitionBatch, seed: int) -> 
     return {"forecast_band_coverage": coverage}
 
 
-def calibrate_final(directory: Path, validation: TransitionBatch, seed: int, device: torch.device) -> None:
+def calibrate_final(
+    directory: Path, validation: TransitionBatch, seed: int, device: torch.device
+) -> ConditionalGAN:
     """Calibrate the forecast noise (correlation and spread) of the checkpoint in ``directory`` in full
-    (:func:`simgan.forecast_calibration.calibrate_forecast_noise`) and record it in its ``model.json``."""
+    (:func:`simgan.forecast_calibration.calibrate_forecast_noise`) and record it in its ``model.json``.
+
+    Returns:
+        the checkpoint's model, loaded on ``device``, with that calibration set.
+    """
     model = load_model(directory, device=device)
-    rho, spread, coverage = calibrate_forecast_noise(model, validation, seed=seed)
+    model.noise_correlation, model.noise_spread, coverage = calibrate_forecast_noise(
+        model, validation, seed=seed
+    )
     update_model_json(
         directory,
-        config={"noise_correlation": rho, "noise_spread": spread},
+        config={"noise_correlation": model.noise_correlation, "noise_spread": model.noise_spread},
         metrics={"forecast_band_coverage": coverage},
     )
+    return model  # type: ignore[return-value]
 
 
 def save_checkpoint(

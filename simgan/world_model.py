@@ -165,6 +165,17 @@ class WorldModel(Protocol):
     def to(self, device: torch.device | str) -> WorldModel: ...
 
 
+def sample_kwargs(
+    noise: torch.Tensor | None, generator: torch.Generator | None, spread: float = 1.0
+) -> dict[str, Any]:
+    """Keyword arguments of a model's ``sample`` calls: ``spread`` only when it is not 1, so models without a
+    ``noise_spread`` (which take no ``spread``) are called as before."""
+    kwargs: dict[str, Any] = {"noise": noise, "generator": generator}
+    if spread != 1.0:
+        kwargs["spread"] = spread
+    return kwargs
+
+
 def sample_repeated(
     model: WorldModel,
     obs: torch.Tensor,
@@ -184,9 +195,7 @@ def sample_repeated(
     per distinct row, which equals sampling the repeated rows up to float rounding. Other models sample the
     repeated rows. ``spread`` other than 1 is passed on (models with ``noise_spread``; see the module docstring).
     """
-    kwargs: dict[str, Any] = {"noise": noise, "generator": generator}
-    if spread != 1.0:
-        kwargs["spread"] = spread
+    kwargs = sample_kwargs(noise, generator, spread)
     own = getattr(model, "sample_repeated", None)
     if own is not None:
         return own(obs, action, repeats, realism=realism, **kwargs)
