@@ -90,6 +90,13 @@ class LoopConfig:
     )
     eval_episodes: int = field(default=10, metadata={"help": "real episodes per evaluation"})
     workers: int = field(default=1, metadata={"help": "Ray collection workers (0: in this process, no Ray)"})
+    collect_envs: int = field(
+        default=1,
+        metadata={
+            "help": "real sub-envs per collection worker; each runs real_steps_per_iter / (workers x this) steps, "
+            "so more cut episodes short (1: episodes run to their natural end)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "base seed (collection, model, agent, evaluation)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
@@ -100,6 +107,7 @@ class LoopConfig:
             "rollout_horizon",
             "sim_envs",
             "agent_steps_per_iter",
+            "collect_envs",
         ):
             if getattr(self, name) < 1:
                 raise LoopError(f"{name}: expected an integer >= 1, got {getattr(self, name)}")
@@ -376,6 +384,7 @@ def run_loop(
                 steps=config.steps_of(i),
                 out=it_dir / "data",
                 workers=config.workers,
+                envs_per_worker=config.collect_envs,
                 seed=config.seed * 1000 + i,
                 policy="random" if policy is None else policy,
                 address=address,
