@@ -74,6 +74,14 @@ def test_loop_writes_progress_csv_tensorboard_and_iterations(loop_run: Path) -> 
     assert "SavedAgentPolicy" in manifest["policy"]
     union = json.loads((loop_run / "iter-001" / "union" / "manifest.json").read_text())
     assert union["num_transitions"] == 600 and len(union["merged_from"]) == 2
+    # one real sub-env per worker by default: the first episode runs to Pendulum's 200-step limit rather than
+    # being cut at the per-iteration budget / 8
+    from simgan.data import load_dataset
+
+    first = load_dataset(loop_run / "iter-000" / "data")
+    assert first.manifest["envs_per_worker"] == 1
+    _, lengths = np.unique(first.transitions.episode, return_counts=True)
+    assert lengths.max() == 200
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -120,13 +128,17 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
 def test_loop_collects_through_ray_with_ppo(tmp_path: Path) -> None:
     run = tmp_path / "ppo"
     args = [a if a != "Pendulum-v1" else "CartPole-v1" for a in TINY]
-    result = simgan("loop", *args, "--iterations", "2", "--workers", "1", "--algo", "ppo", "--out", str(run))
+    result = simgan(
+        "loop", *args, "--iterations", "2", "--workers", "1", "--collect-envs", "3", "--algo", "ppo",
+        "--out", str(run),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = read_progress(run)
     assert [int(r["real_steps"]) for r in rows] == [300, 600]
     assert all(float(r["eval_return_mean"]) >= 8 for r in rows)  # CartPole episodes last >= 8 steps
     manifest = json.loads((run / "iter-001" / "data" / "manifest.json").read_text())
     assert manifest["workers"] == 1 and "SavedAgentPolicy" in manifest["policy"]
+    assert manifest["envs_per_worker"] == 3
 
 
 def test_keep_best_keeps_whichever_agent_scores_higher_in_the_new_learned_env(tmp_path: Path) -> None:
@@ -165,6 +177,8 @@ def test_loop_config_validates() -> None:
         LoopConfig(env_id="Pendulum-v1", iterations=0)
     with pytest.raises(LoopError, match="model: expected 'gan' or 'ensemble', got 'vae'"):
         LoopConfig(env_id="Pendulum-v1", model="vae")  # type: ignore[arg-type]
+    with pytest.raises(LoopError, match="collect_envs: expected an integer >= 1, got 0"):
+        LoopConfig(env_id="Pendulum-v1", collect_envs=0)
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(0) == 50
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(1) == 1000
 
