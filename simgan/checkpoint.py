@@ -28,7 +28,7 @@ from safetensors.torch import save as safetensors_save
 
 from simgan.errors import SimganError
 from simgan.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes
-from simgan.world_model import MAX_NOISE_SPREAD, ModelInfo, WorldModel
+from simgan.world_model import ModelInfo, WorldModel, noise_setting_problem
 
 CHECKPOINT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -164,19 +164,10 @@ def stored_forecast_noise(files: ModelFiles) -> tuple[float, float]:
     naming the field.
     """
     rho = files.config.get("noise_correlation", 0.0)
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
-        raise CheckpointError(
-            f"{MODEL_JSON}: config.noise_correlation: expected a number in [0, 1], got {rho!r}"
-        )
     spread = files.config.get("noise_spread", 1.0)
-    if (
-        isinstance(spread, bool)
-        or not isinstance(spread, (int, float))
-        or not 0.0 < spread <= MAX_NOISE_SPREAD
-    ):
-        raise CheckpointError(
-            f"{MODEL_JSON}: config.noise_spread: expected a number in (0, {MAX_NOISE_SPREAD:g}], got {spread!r}"
-        )
+    for name, value in (("noise_correlation", rho), ("noise_spread", spread)):
+        if problem := noise_setting_problem(name, value):
+            raise CheckpointError(f"{MODEL_JSON}: config.{problem}")
     return float(rho), float(spread)
 
 

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from simgan.errors import SimganError
-from simgan.world_model import MAX_NOISE_SPREAD
+from simgan.world_model import noise_setting_problem
 
 
 class ForecastError(SimganError, ValueError):
@@ -75,24 +75,16 @@ def check_actions(arr: np.ndarray, space: gym.Space, what: str) -> np.ndarray:
 
 
 def check_correlation(rho: Any) -> float:
-    if (
-        isinstance(rho, bool)
-        or not isinstance(rho, (int, float, np.floating))
-        or not 0.0 <= float(rho) <= 1.0
-    ):
-        raise ForecastError(f"noise_correlation: expected a number in [0, 1], got {rho!r}")
+    if problem := noise_setting_problem("noise_correlation", rho):
+        raise ForecastError(problem)
     return float(rho)
 
 
 def check_spread(spread: Any, model: Any) -> float:
     """A forecast's noise_spread: a number in (0, MAX_NOISE_SPREAD], and other than 1 only for a model that
     offers it (one with a ``noise_spread`` attribute; see :mod:`simgan.world_model`)."""
-    if (
-        isinstance(spread, bool)
-        or not isinstance(spread, (int, float, np.floating))
-        or not 0.0 < float(spread) <= MAX_NOISE_SPREAD
-    ):
-        raise ForecastError(f"noise_spread: expected a number in (0, {MAX_NOISE_SPREAD:g}], got {spread!r}")
+    if problem := noise_setting_problem("noise_spread", spread):
+        raise ForecastError(problem)
     if float(spread) != 1.0 and not hasattr(model, "noise_spread"):
         raise ForecastError(
             f"noise_spread: expected 1 for a {type(model).__name__}, which takes no spread (a model with a "

@@ -2,6 +2,8 @@
 
     iteration i (directory DIR/iter-{i:03d}/):
       1. collect  real transitions with the current agent (iteration 0: uniform random) -> data/
+                  (``collect_envs`` sub-envs per worker, default 1: episodes run to their natural end
+                  instead of being cut at the budget / sub-envs, so late-episode states reach the model)
       2. merge    every iteration's data so far into one dataset                       -> union/  (i > 0)
       3. train    a world model (conditional GAN or Gaussian ensemble) from scratch    -> model/
       4. improve  the agent inside the learned env: MBPO's branched rollouts, i.e. many sub-envs of a

@@ -39,6 +39,22 @@ CONSTANT_COLUMN_STD = 1e-6
 MAX_NOISE_SPREAD = 10.0
 
 
+def noise_setting_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``noise_correlation`` (a number in [0, 1]) or ``noise_spread`` (one in
+    (0, MAX_NOISE_SPREAD]), as ``"NAME: expected ..., got VALUE"``; None when it is valid. Forecast arguments and
+    ``model.json`` are checked by this one rule (each raises its own error type)."""
+    if name == "noise_correlation":
+        low, high, low_open, expected = 0.0, 1.0, False, "[0, 1]"
+    elif name == "noise_spread":
+        low, high, low_open, expected = 0.0, MAX_NOISE_SPREAD, True, f"(0, {MAX_NOISE_SPREAD:g}]"
+    else:
+        raise ValueError(f"name: expected 'noise_correlation' or 'noise_spread', got {name!r}")
+    number = not isinstance(value, bool) and isinstance(value, (int, float, np.floating))
+    if number and (low < float(value) if low_open else low <= float(value)) and float(value) <= high:
+        return None
+    return f"{name}: expected a number in {expected}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model knows about the env and data it was trained on (stored with every checkpoint)."""
