@@ -83,7 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_steps": {"gan": 2000, "ensemble": 3000},
         "updates_per_step": 0.25,
         "model_free_steps": 100_000,
-        "eval_every": 5_000,
+        "eval_every": 1_000,  # the loop's granularity (1,000 real steps per iteration)
     },
     "InvertedPendulum-v5": {
         "threshold": 950.0,
