@@ -86,6 +86,10 @@ class EnsembleConfig:
     logvar_bound_weight: float = field(default=0.01, metadata={"help": "penalty on max_logvar - min_logvar"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, bootstraps and batches"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    forecast_calibration: bool = field(
+        default=True,
+        metadata={"help": "calibrate the forecast noise (correlation, spread) on the validation episodes"},
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:

@@ -3,7 +3,8 @@
 Every member sees its own bootstrap resample of the training split; the loss is the Gaussian NLL plus BCE for
 termination plus a small penalty on ``max_logvar - min_logvar``. Validation keeps each member's best snapshot and
 stops when no member improves; the ``elites`` members with the lowest validation MSE are kept, then realism and
-the forecast noise (correlation and spread) are calibrated on the validation batch.
+(unless ``forecast_calibration`` is off) the forecast noise (correlation and spread) are calibrated on the validation
+batch.
 """
 
 from __future__ import annotations
@@ -169,17 +170,18 @@ def train_ensemble(
     model.elite_index = torch.argsort(best_mse)[: config.elites].sort().values
     model.eval()
     model.calibrate_realism(val_batch)
-    model.noise_correlation, model.noise_spread, coverage = calibrate_forecast_noise(
-        model, val_batch, seed=config.seed
-    )
-    metrics = {
+    metrics: dict[str, Any] = {
         "val_mse_elites": float(best_mse[model.elite_index].mean()),
         "steps": step + 1,
         "train_seconds": time.perf_counter() - start,
         "train_transitions": n,
         "validation_transitions": len(val_batch),
-        "forecast_band_coverage": coverage,
     }
+    if config.forecast_calibration:
+        model.noise_correlation, model.noise_spread, coverage = calibrate_forecast_noise(
+            model, val_batch, seed=config.seed
+        )
+        metrics["forecast_band_coverage"] = coverage
     if writer is not None:
         writer.add_scalar("eval/val_mse_elites", metrics["val_mse_elites"], step + 1)
         writer.close()

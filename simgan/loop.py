@@ -10,6 +10,8 @@
                   SimVectorEnv started at real states of the data and rolled ``rollout_horizon`` steps
       5. save     the agent                                                             -> agent/
       6. evaluate it in the real env (``eval_episodes`` episodes)                       -> done.json (written last)
+    After the last iteration (or an early stop) its model's forecast noise is calibrated (``model.json``); the
+    iterations' models skip that step, since the loop itself never forecasts.
     DIR/progress.csv (rewritten atomically from the done.json records) and DIR/tb/: real return against real
     env steps (x axis), plus the agent's own curves under DIR/tb/agent-XXX/.
 
@@ -312,15 +314,48 @@ def _train_model(dataset: Dataset, out: Path, config: LoopConfig, iteration: int
         from simgan.ensemble import EnsembleConfig
         from simgan.ensemble_training import train_ensemble
 
-        values: dict[str, Any] = {"seed": seed, "device": config.device, "progress": progress}
+        values: dict[str, Any] = {
+            "seed": seed,
+            "device": config.device,
+            "progress": progress,
+            "forecast_calibration": False,
+        }
         if config.model_steps is not None:
             values["steps"] = config.model_steps
         return train_ensemble(dataset, out=out, config=EnsembleConfig(**values))
     from simgan.train_config import TrainConfig
     from simgan.training import train
 
-    train_config = TrainConfig(steps=config.model_steps, figures=False, seed=seed, device=config.device)
+    train_config = TrainConfig(
+        steps=config.model_steps, figures=False, forecast_calibration=False, seed=seed, device=config.device
+    )
     return train(dataset, out, train_config, overwrite=True, progress=progress)
+
+
+def _calibrate_last_model(out: Path, iteration: int, config: LoopConfig, log: Callable[[str], None]) -> None:
+    """Calibrate the forecast noise of the last iteration's model, the one users forecast with.
+
+    The iterations train their models without it (the loop never forecasts; it took 20-50 s of each iteration's
+    model time); a run stopped during this step does it again when resumed.
+    """
+    from simgan.device import resolve_device
+    from simgan.forecast_calibration import calibrate_saved_model, is_forecast_calibrated
+
+    it_dir = iteration_dir(out, iteration)
+    model_dir = it_dir / "model"
+    if is_forecast_calibrated(model_dir):
+        return
+    dataset = load_dataset(it_dir / ("union" if iteration else "data"))
+    model = calibrate_saved_model(
+        model_dir,
+        dataset.validation,
+        seed=config.seed * 1000 + iteration,
+        device=resolve_device(config.device),
+    )
+    log(
+        f"forecast noise of {model_dir}: correlation {model.noise_correlation:g}, "
+        f"spread {model.noise_spread:g} (calibrated on its validation episodes)"
+    )
 
 
 def run_loop(
@@ -448,6 +483,8 @@ def run_loop(
             if stop_at_return is not None and mean >= stop_at_return:
                 log(f"stopping: real return {mean:.1f} >= {stop_at_return}")
                 break
+        if records:
+            _calibrate_last_model(out, records[-1]["iteration"], config, log)
     finally:
         writer.close()
         if ray_started:

@@ -106,6 +106,14 @@ class TrainConfig:
     figures: bool = field(
         default=True, metadata={"help": "log a generated-vs-real figure at each evaluation"}
     )
+    forecast_calibration: bool = field(
+        default=True,
+        metadata={
+            "help": "calibrate the forecast noise (correlation, spread) on the validation episodes at each "
+            "checkpoint and after training; --no-forecast-calibration saves that time when the model will not "
+            "forecast (forecasts then use correlation 0 and spread 1)"
+        },
+    )
     log_every: int = field(default=50, metadata={"help": "steps between TensorBoard scalar logs"})
     validation_fraction: float = field(
         default=0.1, metadata={"help": "share of episodes held out (CLI loading)"}

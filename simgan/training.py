@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from simgan import losses
+from simgan.checkpoint import load_model
 from simgan.data import Dataset
 from simgan.data_parallel import SINGLE_PROCESS, DistContext, fit_normalizer, model_info
 from simgan.device import resolve_device
 from simgan.errors import SimganError
+from simgan.forecast_calibration import calibrate_saved_model
 from simgan.fsutil import atomic_write_bytes
 from simgan.models import ConditionalGAN
 from simgan.run_directory import (
@@ -55,7 +57,6 @@ from simgan.training_parts import (
     average_heads,
     bounded_mean,
     calibrate,
-    calibrate_final,
     check_finite,
     component_classifier,
     final_metrics,
@@ -298,7 +299,10 @@ def train(
                 state["step"] = done_steps
                 state["elapsed"] = time.perf_counter() - started
                 update_alarms(state, metrics, config, writer, done_steps)
-                calibration = calibrate(model, dataset.validation, config.seed)  # for both checkpoints below
+                # for both checkpoints below
+                calibration = calibrate(
+                    model, dataset.validation, config.seed, forecast=config.forecast_calibration
+                )
                 if metrics["energy_score"] < state["best_score"]:
                     state.update(
                         best_score=metrics["energy_score"],
@@ -325,7 +329,9 @@ def train(
     if writer is None:
         return model.eval()
     writer.close()
-    return calibrate_final(out, dataset.validation, config.seed, device)
+    if not config.forecast_calibration:
+        return load_model(out, device=device)  # type: ignore[return-value]
+    return calibrate_saved_model(out, dataset.validation, seed=config.seed, device=device)  # type: ignore[return-value]
 
 
 def hparams_table(values: dict[str, Any]) -> str:

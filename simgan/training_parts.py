@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from simgan.checkpoint import load_model, save_model, update_model_json
+from simgan.checkpoint import save_model
 from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.forecast_calibration import calibrate_forecast_noise
@@ -20,7 +20,7 @@ from simgan.gan_networks import Generator, mlp
 from simgan.models import ConditionalGAN
 from simgan.train_config import TrainConfig
 
-# Held-out windows of the forecast-noise calibration at every evaluation (see calibrate_final for the last one).
+# Held-out windows of the forecast-noise calibration at every evaluation (the last one: calibrate_saved_model).
 CHECKPOINT_WINDOWS = 32
 
 
@@ -167,40 +167,25 @@ def check_finite(step: int, **values: torch.Tensor) -> None:
             )
 
 
-def calibrate(model: ConditionalGAN, validation: TransitionBatch, seed: int) -> dict[str, Any]:
-    """Set the realism reference and forecast noise correlation of the model as it is now; once per evaluation.
+def calibrate(
+    model: ConditionalGAN, validation: TransitionBatch, seed: int, *, forecast: bool = True
+) -> dict[str, Any]:
+    """Set the realism reference and (``forecast``) the forecast noise correlation of the model as it is now; once
+    per evaluation.
 
-    A quick pass (32 windows, spread 1): the model training returns gets the full one (:func:`calibrate_final`).
+    A quick pass (32 windows, spread 1): the model training returns gets the full one
+    (:func:`simgan.forecast_calibration.calibrate_saved_model`).
 
     Returns:
         the metrics the calibration adds to a checkpoint.
     """
     model.calibrate_realism(validation)
+    if not forecast:
+        return {}
     model.noise_correlation, model.noise_spread, coverage = calibrate_forecast_noise(
         model, validation, spreads=(1.0,), windows=CHECKPOINT_WINDOWS, seed=seed
     )
     return {"forecast_band_coverage": coverage}
-
-
-def calibrate_final(
-    directory: Path, validation: TransitionBatch, seed: int, device: torch.device
-) -> ConditionalGAN:
-    """Calibrate the forecast noise (correlation and spread) of the checkpoint in ``directory`` in full
-    (:func:`simgan.forecast_calibration.calibrate_forecast_noise`) and record it in its ``model.json``.
-
-    Returns:
-        the checkpoint's model, loaded on ``device``, with that calibration set.
-    """
-    model = load_model(directory, device=device)
-    model.noise_correlation, model.noise_spread, coverage = calibrate_forecast_noise(
-        model, validation, seed=seed
-    )
-    update_model_json(
-        directory,
-        config={"noise_correlation": model.noise_correlation, "noise_spread": model.noise_spread},
-        metrics={"forecast_band_coverage": coverage},
-    )
-    return model  # type: ignore[return-value]
 
 
 def save_checkpoint(

@@ -19,6 +19,8 @@ from simgan.forecast_calibration import (
     TARGET_COVERAGE,
     band_coverage,
     calibrate_forecast_noise,
+    calibrate_saved_model,
+    is_forecast_calibrated,
 )
 from simgan.forecasting import Forecast, ForecastError, forecast
 from simgan.training import train
@@ -224,6 +226,55 @@ def test_training_stores_the_calibrated_correlation(tmp_path, capsys) -> None:
     np.testing.assert_array_equal(wide.observations, expected.observations)
     assert main([*flags, "--noise-spread", "0"]) == 2
     assert "noise_spread: expected a number in (0, 10], got 0.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["gan", "ensemble"])
+def test_skipping_the_calibration_changes_nothing_else_and_it_can_be_done_later(tmp_path, kind) -> None:
+    """forecast_calibration=False (the loop's iterations) saves the calibration's time: same weights, same realism,
+    and calibrate_saved_model afterwards records what training would have."""
+    from dataclasses import replace
+
+    from simgan.checkpoint import load_model_files
+    from simgan.ensemble import EnsembleConfig
+    from simgan.ensemble_training import train_ensemble
+
+    torch.set_num_threads(1)
+    data = simgan.collect("Pendulum-v1", steps=1000, workers=0, out=tmp_path / "data", seed=0, progress=False)
+    models = {}
+    for calibrated in (True, False):
+        out = tmp_path / f"{kind}-{calibrated}"
+        if kind == "gan":
+            models[calibrated] = train(
+                data, out, replace(TINY_GAN, forecast_calibration=calibrated), progress=False
+            )
+        else:
+            config = EnsembleConfig(
+                members=3, elites=2, hidden=(32, 32), steps=60, eval_every=30, progress=False, device="cpu",
+                seed=0, forecast_calibration=calibrated,
+            )  # fmt: skip
+            models[calibrated] = train_ensemble(data, out=out, config=config)
+    full, skipped = (load_model_files(tmp_path / f"{kind}-{c}") for c in (True, False))
+    assert full.tensors.keys() == skipped.tensors.keys()
+    for name in full.tensors:
+        assert torch.equal(full.tensors[name], skipped.tensors[name]), name
+    assert is_forecast_calibrated(tmp_path / f"{kind}-True") and not is_forecast_calibrated(
+        tmp_path / f"{kind}-False"
+    )
+    assert (skipped.config["noise_correlation"], skipped.config["noise_spread"]) == (0.0, 1.0)
+    assert any("realism" in name for name in full.tensors)  # the realism calibration is kept (compared above)
+
+    later = calibrate_saved_model(tmp_path / f"{kind}-False", data.validation, seed=0, device="cpu")
+    after = load_model_files(tmp_path / f"{kind}-False")
+    assert (later.noise_correlation, later.noise_spread) == (
+        models[True].noise_correlation,
+        models[True].noise_spread,
+    )
+    assert (after.config["noise_correlation"], after.config["noise_spread"]) == (
+        full.config["noise_correlation"],
+        full.config["noise_spread"],
+    )
+    assert after.metrics["forecast_band_coverage"] == full.metrics["forecast_band_coverage"]
+    assert is_forecast_calibrated(tmp_path / f"{kind}-False")
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,10 @@ def test_loop_writes_progress_csv_tensorboard_and_iterations(loop_run: Path) -> 
         it = loop_run / f"iter-{i:03d}"
         for part in ("data/manifest.json", "model/model.json", "agent/agent.json", "done.json"):
             assert (it / part).is_file(), part
+    # the iterations' models skip the forecast-noise calibration; the last one gets it after the loop
+    from simgan.forecast_calibration import is_forecast_calibrated
+
+    assert [is_forecast_calibrated(loop_run / f"iter-{i:03d}" / "model") for i in (0, 1)] == [False, True]
     # iteration 1 collected with iteration 0's agent, and trained on the union of both datasets
     manifest = json.loads((loop_run / "iter-001" / "data" / "manifest.json").read_text())
     assert "SavedAgentPolicy" in manifest["policy"]
@@ -109,6 +113,23 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
     )
     assert other.returncode == 2 and "agent.algo: stored 'sac', requested 'ppo'" in other.stderr
 
+    # killed while calibrating the last model: resuming with nothing left to run calibrates it
+    model_json = run / "iter-001" / "model" / "model.json"
+    stored = json.loads(model_json.read_text())
+    calibrated = stored["config"]["noise_correlation"], stored["config"]["noise_spread"]
+    del stored["metrics"]["forecast_band_coverage"]
+    stored["config"].update(noise_correlation=0.0, noise_spread=1.0)
+    model_json.write_text(json.dumps(stored))
+    done = simgan(
+        "loop", *TINY, "--iterations", "2", "--workers", "0", "--out", str(run), "--seed", "1", "--resume"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "forecast noise of" in done.stdout and "iter-001" in done.stdout
+    stored = json.loads(model_json.read_text())
+    assert "forecast_band_coverage" in stored["metrics"]
+    assert (stored["config"]["noise_correlation"], stored["config"]["noise_spread"]) == calibrated
+    assert read_progress(run) == before
+
     # a half-finished iteration (killed mid-way) is discarded and redone
     (run / "iter-002" / "data").mkdir(parents=True)
     (run / "iter-002" / "data" / "shard-w000-c00000.npz").write_bytes(b"partial")
@@ -121,6 +142,9 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
     assert after[:2] == before  # finished iterations are kept as they were
     assert [int(r["real_steps"]) for r in after] == [300, 600, 900]
     assert (run / "iter-002" / "done.json").is_file()
+    from simgan.forecast_calibration import is_forecast_calibrated
+
+    assert is_forecast_calibrated(run / "iter-002" / "model")
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 # Flags shared with the ensemble's config (passed on by name with --model ensemble).
-_ENSEMBLE_SHARED = ("steps", "batch_size", "eval_every", "seed", "device")
+_ENSEMBLE_SHARED = ("steps", "batch_size", "eval_every", "seed", "device", "forecast_calibration")
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
