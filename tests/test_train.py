@@ -305,7 +305,25 @@ def test_cli_dispatches_to_the_ensemble(dataset, tmp_path: Path) -> None:
         "--quiet",
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads((out / "model.json").read_text())["kind"] == "ensemble"
+    stored = json.loads((out / "model.json").read_text())
+    assert stored["kind"] == "ensemble" and "forecast_band_coverage" in stored["metrics"]
+    # --no-forecast-calibration reaches the ensemble's config too
+    flags = [
+        "--data",
+        str(dataset.path),
+        "--model",
+        "ensemble",
+        "--steps",
+        "10",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    fast = run_cli(*flags, "--out", str(tmp_path / "fast"), "--no-forecast-calibration")
+    assert fast.returncode == 0, fast.stderr
+    assert (
+        "forecast_band_coverage" not in json.loads((tmp_path / "fast" / "model.json").read_text())["metrics"]
+    )
     refused = run_cli("--data", str(dataset.path), "--out", str(out), "--model", "ensemble", "--resume")
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
