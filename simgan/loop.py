@@ -335,8 +335,8 @@ def _train_model(dataset: Dataset, out: Path, config: LoopConfig, iteration: int
 def _calibrate_last_model(out: Path, iteration: int, config: LoopConfig, log: Callable[[str], None]) -> None:
     """Calibrate the forecast noise of the last iteration's model, the one users forecast with.
 
-    The iterations train their models without it (the loop never forecasts; it took 20-50 s of each iteration's
-    model time); a run stopped during this step does it again when resumed.
+    The iterations train their models without it (the loop never forecasts; it took 30-75 s of each iteration's
+    model time on CartPole); a run stopped during this step does it again when resumed.
     """
     from simgan.device import resolve_device
     from simgan.forecast_calibration import calibrate_saved_model, is_forecast_calibrated
