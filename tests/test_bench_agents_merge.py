@@ -76,3 +76,20 @@ def test_reading_a_file_that_is_not_results_names_what_was_expected(bench, tmp_p
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_part(0, 1)))
     assert bench.read_results(good)["envs"]["CartPole-v1"]["preset"] == {"threshold": 475.0}
+
+
+@pytest.mark.parametrize(
+    ("hits", "expected"),
+    [
+        ([4000, 4000, 4000, 5000, None], "4000 (1 of 5 not reached)"),
+        ([4000, None, 4000, None, None], "not reached"),  # the median seed missed
+        ([9000, 5000, 16000, 12000, 4000], "9000"),
+        ([1000, 3000], "2000"),
+        ([1000, None], "not reached"),
+        ([], "not reached"),
+    ],
+)
+def test_the_median_counts_a_seed_that_never_reached_the_threshold_as_slower_than_all(
+    bench, hits, expected
+) -> None:
+    assert bench.median_steps(hits) == expected
