@@ -291,23 +291,6 @@ def test_cli_smoke(dataset, tmp_path: Path) -> None:
 
 def test_cli_dispatches_to_the_ensemble(dataset, tmp_path: Path) -> None:
     out = tmp_path / "ens"
-    done = run_cli(
-        "--data",
-        str(dataset.path),
-        "--out",
-        str(out),
-        "--model",
-        "ensemble",
-        "--steps",
-        "10",
-        "--device",
-        "cpu",
-        "--quiet",
-    )
-    assert done.returncode == 0, done.stderr
-    stored = json.loads((out / "model.json").read_text())
-    assert stored["kind"] == "ensemble" and "forecast_band_coverage" in stored["metrics"]
-    # --no-forecast-calibration reaches the ensemble's config too
     flags = [
         "--data",
         str(dataset.path),
@@ -319,6 +302,11 @@ def test_cli_dispatches_to_the_ensemble(dataset, tmp_path: Path) -> None:
         "cpu",
         "--quiet",
     ]
+    done = run_cli(*flags, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    stored = json.loads((out / "model.json").read_text())
+    assert stored["kind"] == "ensemble" and "forecast_band_coverage" in stored["metrics"]
+    # --no-forecast-calibration reaches the ensemble's config too
     fast = run_cli(*flags, "--out", str(tmp_path / "fast"), "--no-forecast-calibration")
     assert fast.returncode == 0, fast.stderr
     assert (
