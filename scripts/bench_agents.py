@@ -186,8 +186,9 @@ def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int 
     return next((int(steps) for steps, value in curve if value >= threshold), None)
 
 
-def rank_correlation(env_id: str, seed_dir: Path) -> dict[str, Any]:
-    """Spearman correlation of saved policies' mean return in the learned env vs the real env."""
+def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[str, Any]:
+    """Spearman correlation of saved policies' mean return in the learned env vs the real env, each mean over
+    ``episodes`` episodes (the same seeds for every policy)."""
     from scipy.stats import spearmanr
 
     loop_dir = seed_dir / "loop-gan"
@@ -200,17 +201,22 @@ def rank_correlation(env_id: str, seed_dir: Path) -> dict[str, Any]:
         *sorted((seed_dir / "model-free").glob("step-*")),
     ]
     real_env = make_env(env_id)
-    sim_env = SimVectorEnv(last[-1], num_envs=10, device="cpu", compute_realism=False, seed=0)
+    sim_env = SimVectorEnv(last[-1], num_envs=min(episodes, 100), device="cpu", compute_realism=False, seed=0)
     rows = []
     for path in policies:
         agent = load_agent(path, real_env.observation_space, real_env.action_space)
-        real = evaluate_policy(agent, real_env, episodes=10, seed=20_000).mean_return
-        sim = evaluate_policy(agent, sim_env, episodes=10, seed=20_000).mean_return
+        real = evaluate_policy(agent, real_env, episodes=episodes, seed=20_000).mean_return
+        sim = evaluate_policy(agent, sim_env, episodes=episodes, seed=20_000).mean_return
         rows.append({"policy": str(path.relative_to(seed_dir)), "real": real, "sim": sim})
     if len(rows) < 3:
         return {"policies": rows}
     rho = spearmanr([r["sim"] for r in rows], [r["real"] for r in rows]).statistic
-    return {"policies": rows, "spearman": float(rho), "model": str(last[-1].relative_to(seed_dir))}
+    return {
+        "policies": rows,
+        "spearman": float(rho),
+        "model": str(last[-1].relative_to(seed_dir)),
+        "episodes": episodes,
+    }
 
 
 def write_plot(results: dict[str, Any], path: Path) -> None:
@@ -282,7 +288,7 @@ def markdown(results: dict[str, Any]) -> str:
             if "spearman" in corr:
                 lines.append(
                     f"{env_id} seed {seed}: Spearman(learned-env return, real return) = {corr['spearman']:.3f} "
-                    f"over {len(corr['policies'])} policies"
+                    f"over {len(corr['policies'])} policies ({corr.get('episodes', 10)} episodes each)"
                 )
     return "\n".join(lines) + "\n"
 
@@ -377,6 +383,18 @@ def main() -> None:
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_agents"), help="run directories")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench_agents"), help="results path prefix")
     parser.add_argument(
+        "--rank-episodes",
+        type=int,
+        default=10,
+        help="episodes per policy, in each env, of the learned-vs-real rank correlation",
+    )
+    parser.add_argument(
+        "--rank-only",
+        action="store_true",
+        help="train nothing: recompute the rank correlation of the seeds' existing run directories in WORK_DIR "
+        "(e.g. with more --rank-episodes) and write OUT.json and OUT.md",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rewrite the table and plot from OUT.json (e.g. a partial run)",
@@ -393,6 +411,8 @@ def main() -> None:
         write_report(read_results(results_json), out)
         return
     torch.set_num_threads(1)  # small MLPs: fastest single-threaded on a shared CPU
+    if args.rank_episodes < 1:
+        raise SystemExit(f"--rank-episodes: expected a positive integer, got {args.rank_episodes}")
 
     work = Path(args.work_dir)
     results: dict[str, Any] = {
@@ -413,7 +433,9 @@ def main() -> None:
         results["envs"][env_id] = entry
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             seed_dir = work / env_id / f"seed-{seed}"
-            for method in args.methods:
+            if args.rank_only and not (seed_dir / "loop-gan").is_dir():
+                raise SystemExit(f"--rank-only: expected a run directory {seed_dir / 'loop-gan'}, found none")
+            for method in [] if args.rank_only else args.methods:
                 run_dir = seed_dir / method
                 shutil.rmtree(run_dir, ignore_errors=True)
                 run_dir.mkdir(parents=True)
@@ -430,8 +452,12 @@ def main() -> None:
                     flush=True,
                 )
                 atomic_write_json(results_json, results)  # partial results survive an interruption
-            entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir)
+            entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir, args.rank_episodes)
             atomic_write_json(results_json, results)  # now with this seed's rank correlation
+    if args.rank_only:  # no learning curves to plot
+        atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
+        print(markdown(results))
+        return
     write_report(results, out)
 
 

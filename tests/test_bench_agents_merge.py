@@ -55,6 +55,17 @@ def test_merge_orders_disjoint_seeds_and_reports_them(bench) -> None:
     assert [r["seed"] for r in entry["runs"]["loop-gan"]] == [0, 1, 2, 3, 4]
     assert list(entry["rank_correlation"]) == ["0", "1", "2", "3", "4"] and merged["seeds"] == 5
     assert "| 5 (0, 1, 2, 3, 4) |" in bench.markdown(merged)
+    # a correlation says over how many episodes per policy it was measured (files before that: 10)
+    entry["rank_correlation"]["4"]["episodes"] = 100
+    shown = bench.markdown(merged)
+    assert (
+        "seed 3: Spearman(learned-env return, real return) = 0.500 over 0 policies (10 episodes each)"
+        in shown
+    )
+    assert (
+        "seed 4: Spearman(learned-env return, real return) = 0.500 over 0 policies (100 episodes each)"
+        in shown
+    )
 
 
 def test_merge_refuses_overlapping_seeds_and_different_presets(bench) -> None:
@@ -93,3 +104,29 @@ def test_the_median_counts_a_seed_that_never_reached_the_threshold_as_slower_tha
     bench, hits, expected
 ) -> None:
     assert bench.median_steps(hits) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--rank-only"],
+            "--rank-only: expected a run directory {work}/CartPole-v1/seed-0/loop-gan, found none",
+        ),
+        (["--rank-episodes", "0"], "--rank-episodes: expected a positive integer, got 0"),
+    ],
+)
+def test_rank_only_and_rank_episodes_refuse_what_they_cannot_use(tmp_path: Path, flags, expected) -> None:
+    import subprocess
+    import sys
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), "--envs", "CartPole-v1", "--seeds", "1", "--work-dir", str(work)]
+    done = subprocess.run(
+        [*command, "--out", str(out), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and expected.format(work=work) in done.stderr
+    assert not out.with_suffix(".json").exists() and not work.exists()  # nothing written, nothing trained
