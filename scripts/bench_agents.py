@@ -358,9 +358,13 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
-    """OUT.md and OUT.png from ``results`` (OUT.json is written by whoever produced them), and the table."""
+    """OUT.md and OUT.png from ``results`` (OUT.json is written by whoever produced them), and the table.
+
+    Results with no runs (``--rank-only``: rank correlations alone) have no learning curves, so no OUT.png.
+    """
     atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
-    write_plot(results, out.with_suffix(".png"))
+    if any(entry["runs"] for entry in results["envs"].values()):
+        write_plot(results, out.with_suffix(".png"))
     print(markdown(results))
 
 
@@ -454,10 +458,6 @@ def main() -> None:
                 atomic_write_json(results_json, results)  # partial results survive an interruption
             entry["rank_correlation"][str(seed)] = rank_correlation(env_id, seed_dir, args.rank_episodes)
             atomic_write_json(results_json, results)  # now with this seed's rank correlation
-    if args.rank_only:  # no learning curves to plot
-        atomic_write_bytes(out.with_suffix(".md"), markdown(results).encode())
-        print(markdown(results))
-        return
     write_report(results, out)
 
 

@@ -130,3 +130,11 @@ def test_rank_only_and_rank_episodes_refuse_what_they_cannot_use(tmp_path: Path,
     )
     assert done.returncode != 0 and expected.format(work=work) in done.stderr
     assert not out.with_suffix(".json").exists() and not work.exists()  # nothing written, nothing trained
+
+
+def test_rank_only_results_get_a_table_and_no_plot(bench, tmp_path: Path) -> None:
+    part = _part(0, 2)
+    part["envs"]["CartPole-v1"]["runs"] = {}  # what --rank-only writes: correlations alone
+    bench.write_report(bench.merge_results([part]), tmp_path / "rank")
+    assert "seed 1: Spearman" in (tmp_path / "rank.md").read_text()
+    assert not (tmp_path / "rank.png").exists()
