@@ -127,6 +127,11 @@ class LoopConfig:
         if self.model not in ("gan", "ensemble"):
             raise LoopError(f"model: expected 'gan' or 'ensemble', got {self.model!r}")
 
+    def seed_of(self, iteration: int) -> int:
+        """The seed of everything ``iteration`` draws: its collection, its model (training and calibration) and its
+        agent's training."""
+        return self.seed * 1000 + iteration
+
     def steps_of(self, iteration: int) -> int:
         """Real env steps collected in ``iteration``."""
         if iteration == 0 and self.initial_steps is not None:
@@ -261,6 +266,11 @@ def iteration_dir(out: Path, iteration: int) -> Path:
     return out / f"iter-{iteration:03d}"
 
 
+def training_data_dir(out: Path, iteration: int) -> Path:
+    """The dataset ``iteration``'s model trains on: its own collection at iteration 0, else the union so far."""
+    return iteration_dir(out, iteration) / ("union" if iteration else "data")
+
+
 def finished_iterations(out: Path) -> list[dict[str, Any]]:
     """The ``done.json`` records of the contiguous finished iterations 0, 1, ..., in order."""
     records, i = [], 0
@@ -309,7 +319,7 @@ def write_progress(out: Path, records: list[dict[str, Any]]) -> None:
 
 def _train_model(dataset: Dataset, out: Path, config: LoopConfig, iteration: int, progress: bool) -> Any:
     """Train the world model of this iteration from scratch (seeded by iteration)."""
-    seed = config.seed * 1000 + iteration
+    seed = config.seed_of(iteration)
     if config.model == "ensemble":
         from simgan.ensemble import EnsembleConfig
         from simgan.ensemble_training import train_ensemble
@@ -345,11 +355,11 @@ def _calibrate_last_model(out: Path, iteration: int, config: LoopConfig, log: Ca
     model_dir = it_dir / "model"
     if is_forecast_calibrated(model_dir):
         return
-    dataset = load_dataset(it_dir / ("union" if iteration else "data"))
+    dataset = load_dataset(training_data_dir(out, iteration))
     model = calibrate_saved_model(
         model_dir,
         dataset.validation,
-        seed=config.seed * 1000 + iteration,
+        seed=config.seed_of(iteration),
         device=resolve_device(config.device),
     )
     log(
@@ -412,7 +422,7 @@ def run_loop(
             t0 = time.perf_counter()
             it_dir = iteration_dir(out, i)
             it_dir.mkdir(parents=True)
-            torch.manual_seed(config.seed * 1000 + i)
+            torch.manual_seed(config.seed_of(i))
 
             # ---- 1. collect real data with the current agent (iteration 0: random) ---------------------------
             policy = agent.collection_policy(iteration_dir(out, i - 1) / "agent") if i > 0 else None
@@ -422,13 +432,13 @@ def run_loop(
                 out=it_dir / "data",
                 workers=config.workers,
                 envs_per_worker=config.collect_envs,
-                seed=config.seed * 1000 + i,
+                seed=config.seed_of(i),
                 policy="random" if policy is None else policy,
                 address=address,
                 progress=progress,
             )
             sources = [load_dataset(iteration_dir(out, j) / "data") for j in range(i + 1)]
-            dataset = sources[0] if i == 0 else merge_datasets(sources, it_dir / "union")
+            dataset = sources[0] if i == 0 else merge_datasets(sources, training_data_dir(out, i))
             real_steps = int(sum(len(ds) for ds in sources))
 
             # ---- 2. world model ------------------------------------------------------------------------------
@@ -443,7 +453,7 @@ def run_loop(
                 start_states=np.ascontiguousarray(dataset.transitions.obs, dtype=np.float32),
                 config=config,
                 iteration=i,
-                seed=config.seed * 1000 + i,
+                seed=config.seed_of(i),
                 log_dir=out / "tb" / f"agent-{i:03d}",
             )
             agent_scalars = agent.improve(context)
@@ -453,9 +463,7 @@ def run_loop(
             # ---- 4. evaluate in the real env (and, for reference, in the learned one) ------------------------
             real_env = make_env(config.env_id)
             try:
-                mean, std = agent.evaluate(
-                    real_env, config.eval_episodes, seed=10_000 + config.seed * 1000 + i
-                )
+                mean, std = agent.evaluate(real_env, config.eval_episodes, seed=10_000 + config.seed_of(i))
             finally:
                 real_env.close()
             sim_mean, _ = agent.evaluate(
