@@ -42,6 +42,9 @@ class ModelConfig:
     termination_hidden: tuple[int, ...] = (64, 64)
     spectral_norm: bool = False
     loss: str = "hinge"  # how the discriminator's scores are read (logits or critic scores)
+    # True: the mean head's output is the mean before the observation space's clip; samples are clipped, the
+    # mean is not (False: models saved before it, whose mean is clipped before the residual is added)
+    mean_before_clip: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +54,9 @@ class ModelConfig:
         values = dict(data)
         values.setdefault("noise_components", 0)  # models saved before the discrete latent existed
         values.setdefault("termination_hidden", [])  # ... and before the termination head had its own net
+        values.setdefault(
+            "mean_before_clip", False
+        )  # ... and before the mean head predicted the unclipped mean
         for key in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             values[key] = tuple(int(h) for h in values[key])
         return cls(**values)

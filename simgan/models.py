@@ -3,9 +3,13 @@
     G(s, a, z) = mu(s, a) + scale * f(s, a, z)          (in normalised (delta s, reward) units)
 
 * ``mu`` (the mean head) is trained by MSE regression on the normalised target ``(s' - s, r)``, so it is the
-  conditional mean, as precise as regression. The model clamps it into the observation space
-  (:meth:`ConditionalGAN.bounded_mean`), and where the real next state lies on a bound (Pendulum at its speed
-  limit) its regression counts an overshoot as no error, so it need not learn the clip's kink.
+  conditional mean, as precise as regression. Where the observation space has bounds (Pendulum's speed limit)
+  the model clamps each sample ``mu + scale * f`` into it, as the env clips its state, and ``mu`` is the mean
+  *before* that clip: it is regressed as the average of its clipped samples (``mean_before_clip``; see
+  :func:`simgan.training_parts.clipped_sample_mean`). So a multimodal step at a bound keeps the shape the env
+  gives it: a kicked pendulum at its speed limit lands both kicks on the limit, which a clamped mean plus an
+  unchanged +-kick residual cannot. Models saved before it clamp the mean instead
+  (:meth:`ConditionalGAN.bounded_mean`).
 * ``p(terminated | s, a, s')`` (the termination head, a small MLP of its own) is trained with BCE on real
   transitions and, when sampling, reads the *generated* transition, so an episode ends where the sampled next
   state is terminal (``terminated = p > 0.5``). It used to be one more output of the mean head; the termination
@@ -212,10 +216,16 @@ class ConditionalGAN(nn.Module):
     def mean(
         self, obs: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The mean head's prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B at that mean transition)."""
+        """The mean head's prediction: (E[next_obs] B x O, E[reward] B, P(terminated) B at that mean transition).
+
+        With ``mean_before_clip`` the head's output clamped into the observation space: exact for deterministic
+        dynamics; where a multimodal step straddles a bound, the clipped samples' average lies inside it.
+        """
         cond = self.condition(obs, action)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        mean, _ = self.bounded_mean(cond, obs)
+        mean, bounds = self.bounded_mean(cond, obs)
+        if bounds is not None and self.config.mean_before_clip:
+            mean = torch.clamp(mean, *bounds)
         next_obs, reward = self.normalizer.untarget(obs, mean)
         return self.space_clamp(next_obs), reward, torch.sigmoid(self.generator.termination_logit(cond, mean))
 
@@ -231,15 +241,19 @@ class ConditionalGAN(nn.Module):
     def bounded_mean(
         self, cond: torch.Tensor, obs: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """The mean head's target (B x T) clamped into the observation space, and the target bounds (two B x T,
-        :meth:`Normalizer.target_bounds`) or None when the space has no finite bound.
+        """The mean (B x T) that samples are generated around, ``mean + scale * residual``, and the target bounds
+        (two B x T, :meth:`Normalizer.target_bounds`) or None when the space has no finite bound.
 
-        Training lets the mean head overshoot a bound where the real next state lies on it (Pendulum's speed
-        limit), so the clamped mean, not the raw one, is the model's mean.
+        With ``config.mean_before_clip`` (models trained since it) that is the mean head's own output, the mean
+        before the env's clip, which may lie beyond a bound: each sample is clamped instead, as the env clamps
+        its state, so both kicks of a kicked pendulum at its speed limit land on the limit. Models saved before
+        it clamp the mean itself (their training let it overshoot a bound where the real next state lies on it).
         """
         mean = self.generator.mean(cond)
         bounds = self.target_bounds(obs)
-        return (mean, None) if bounds is None else (torch.clamp(mean, *bounds), bounds)
+        if bounds is None or self.config.mean_before_clip:
+            return mean, bounds
+        return torch.clamp(mean, *bounds), bounds
 
     def target_bounds(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The observation space's bounds on the normalised target from raw ``obs`` (B x O): two B x T tensors

@@ -69,6 +69,16 @@ class TrainConfig:
             "as runs saved before it)"
         },
     )
+    mean_before_clip: bool = field(
+        default=True,
+        metadata={
+            "help": "where the observation space clips the next state (Pendulum's speed limit), the mean head "
+            "predicts the mean before the clip and the model clips each sample, mean + residual, as the env "
+            "clips its state; the mean head is regressed so that its clipped samples average to the data. Off: "
+            "the model clips the mean, and a residual that does not shrink at the bound overshoots it (a kicked "
+            "pendulum at its speed limit). No effect without clamp_mean"
+        },
+    )
     mean_ema: float = field(
         default=0.995,
         metadata={
@@ -159,6 +169,7 @@ class TrainConfig:
             termination_hidden=tuple(self.termination_hidden),
             spectral_norm=self.spectral_norm,
             loss=self.loss,
+            mean_before_clip=self.mean_before_clip and self.clamp_mean,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -173,5 +184,6 @@ class TrainConfig:
         values.setdefault("termination_hidden", [])
         values.setdefault("info_weight", 0.0)
         values.setdefault("clamp_mean", False)
+        values.setdefault("mean_before_clip", False)
         values.setdefault("mean_ema", 0.0)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

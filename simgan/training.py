@@ -58,6 +58,7 @@ from simgan.training_parts import (
     bounded_mean,
     calibrate,
     check_finite,
+    clipped_sample_mean,
     component_classifier,
     final_metrics,
     grad_norm,
@@ -124,6 +125,22 @@ def train(
     bounds = (
         model.target_bounds(torch.as_tensor(dataset.train.obs, device=device)) if config.clamp_mean else None
     )
+    # the mean head predicts the mean before the clip, and samples are clamped (clipped_sample_mean)
+    before_clip = bounds is not None and model.config.mean_before_clip
+
+    def residual_origin(mean: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The mean (B x T) residuals are measured from, as the model samples around it (bounded_mean)."""
+        return mean if before_clip else bounded_mean(mean, target, bounds, idx)[1]
+
+    def clamped_residual(mean: torch.Tensor, residual: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The residual (R x T, R a multiple of B) the clamped sample amounts to, as the model judges it; with the
+        mean clamped instead (models before mean_before_clip) the residual itself."""
+        if not before_clip:
+            return residual
+        repeat = residual.shape[0] // mean.shape[0]
+        low, high = (b[idx].repeat_interleave(repeat, dim=0) for b in bounds)
+        return gen.bounded(mean.repeat_interleave(repeat, dim=0), residual, low, high)[1]
+
     # the same step count on every rank: --epochs counts passes of the global batch over all ranks' rows
     total_steps = config.total_steps(
         round(float(dist.reduce(torch.tensor(float(num_train)), "sum")) / dist.world_size)
@@ -207,9 +224,10 @@ def train(
             idx = torch.randint(num_train, (batch,), generator=rng, device=device)
             cond, target = train_cond[idx], train_target[idx]  # B x (O + A), B x T
             with torch.no_grad():
-                _, mean = bounded_mean(gen.mean(cond), target, bounds, idx)  # B x T
+                mean = residual_origin(gen.mean(cond), target, idx)  # B x T
                 real = (target - mean) / gen.residual_scale  # B x T
                 fake = gen.residual(cond, torch.randn(batch, config.noise_dim, generator=rng, device=device))
+                fake = clamped_residual(mean, fake, idx)
             d_real, d_fake = disc(cond, real), disc(cond, fake)  # B, B
             d_adv = losses.discriminator_loss(config.loss, d_real, d_fake)
             d_loss = d_adv
@@ -227,14 +245,22 @@ def train(
         disc.requires_grad_(False)
         idx = torch.randint(num_train, (batch,), generator=rng, device=device)
         cond, target, done = train_cond[idx], train_target[idx], train_done[idx]
-        regressed, mean = bounded_mean(heads.mean(cond), target, bounds, idx)  # B x T each
-        mse = F.mse_loss(regressed, target)
-        # termination from the real target
-        bce = F.binary_cross_entropy_with_logits(heads.termination_logit(cond, target), done)
         cond_k = cond.repeat_interleave(k, dim=0)  # BK x (O + A)
         noise = torch.randn(batch * k, config.noise_dim, generator=rng, device=device)
         residual = gen.residual(cond_k, noise)  # BK x T
-        g_adv = losses.generator_loss(config.loss, disc(cond_k, residual))
+        if before_clip:
+            mean = heads.mean(cond)  # B x T
+            row_bounds = (bounds[0][idx], bounds[1][idx])
+            regressed = clipped_sample_mean(
+                mean, residual.detach().view(batch, k, target_dim), gen.residual_scale, row_bounds
+            )
+            mean = mean.detach()
+        else:
+            regressed, mean = bounded_mean(heads.mean(cond), target, bounds, idx)  # B x T each
+        mse = F.mse_loss(regressed, target)
+        # termination from the real target
+        bce = F.binary_cross_entropy_with_logits(heads.termination_logit(cond, target), done)
+        g_adv = losses.generator_loss(config.loss, disc(cond_k, clamped_residual(mean, residual, idx)))
         zero_mean = losses.unbiased_mean_square(residual.view(batch, k, target_dim))
         g_loss = mse + bce + g_adv + config.mean_penalty * zero_mean
         if len(classifier):  # InfoGAN: which component drew this residual? (cross-entropy, bounded by log K)
@@ -253,7 +279,7 @@ def train(
         # ---- residual scale: EMA of the real residual's RMS per target dimension ------------------------------
         with torch.no_grad():
             if heads is not gen:  # real residuals are measured from the model's (averaged) mean
-                _, mean = bounded_mean(gen.mean(cond), target, bounds, idx)
+                mean = residual_origin(gen.mean(cond), target, idx)
             rms = dist.average((target - mean).pow(2).mean(dim=0)).sqrt()  # T, over all ranks' batches
             new_scale = config.scale_momentum * gen.residual_scale + (1 - config.scale_momentum) * rms
             gen.residual_scale.copy_(new_scale.clamp_min(1e-3))

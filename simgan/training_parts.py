@@ -121,6 +121,30 @@ def bounded_mean(
     return torch.where((target <= low) | (target >= high), clamped, mean), clamped
 
 
+def clipped_sample_mean(
+    mean: torch.Tensor,
+    residual: torch.Tensor,
+    scale: torch.Tensor,
+    bounds: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """What the mean head's regression compares with the target under ``mean_before_clip``: the average of the
+    model's clamped samples at each row, ``E_z[clamp(mu + scale * f)]``, with ``mu``'s gradient passed straight
+    through (B x T).
+
+    ``mean`` B x T is the head's output ``mu``; ``residual`` (B x K x T) the generator's K residuals per row,
+    ``bounds`` two B x T target bounds. The clip's correction ``mean_K[clamp(mu + s f) - (mu + s f)]`` is a
+    constant to the gradient: where no sample is clipped it is 0 and this is plain MSE on ``mu`` (every row of an
+    unbounded env, nearly every row of Pendulum); where samples are clipped the head is pulled until their
+    average matches the data, which puts ``mu`` beyond the bound when all of a row's mass lies on it. An
+    overshoot where the target lies on the bound is then no error, as with the clamped regression before it.
+    """
+    low, high = bounds[0].unsqueeze(1), bounds[1].unsqueeze(1)  # B x 1 x T
+    with torch.no_grad():
+        raw = mean.unsqueeze(1) + scale * residual  # B x K x T
+        correction = (torch.clamp(raw, low, high) - raw).mean(dim=1)  # B x T
+    return mean + correction
+
+
 def optimizers(
     config: TrainConfig,
     mean_params: list[torch.nn.Parameter],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,7 +12,8 @@ from test_models import CONFIG, random_batch
 
 from simgan.dataset_format import TransitionBatch
 from simgan.ensemble import EnsembleConfig, GaussianEnsemble
-from simgan.models import ConditionalGAN
+from simgan.models import ConditionalGAN, ModelConfig
+from simgan.train_config import TrainConfig
 from simgan.world_model import ModelInfo, SpaceClamp
 
 BOUNDED = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
@@ -139,3 +142,68 @@ def test_mean_head_regression_lets_an_overshoot_past_a_bound_the_target_lies_on_
     assert torch.equal(mean.grad[:, 0], torch.tensor([0.0, 2.0, -1.0]))
     unbounded = bounded_mean(mean, target, None, torch.arange(3))
     assert unbounded[0] is mean and unbounded[1] is mean
+
+
+def _kicked_at_the_bound(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Next states of a GAN whose mean head puts the next state at 1.3 (past the bound 1) and whose residual is
+    +-0.5, like a kicked pendulum pushed past its speed limit: (from +0.5 draws, from -0.5 draws), dimension 0."""
+    torch.manual_seed(0)
+    info = bounded_info()
+    batch = inside(random_batch(info, 8))
+    model = ConditionalGAN(info, config)
+    model.normalizer.fit(batch, info)
+    model.normalizer.delta_mean.zero_()
+    model.normalizer.delta_std.fill_(1.0)  # next_obs = obs + target
+    model.generator.residual_scale.fill_(1.0)
+    obs = torch.full((8, 3), 0.6)
+    model.generator.mean = lambda cond: torch.full((cond.shape[0], 4), 0.7)
+    model.generator.residual = lambda cond, noise: 0.5 * torch.sign(noise[:, :1]).expand(-1, 4)
+    noise = torch.randn(8, config.noise_dim, generator=torch.Generator().manual_seed(0))
+    noise[:4, 0], noise[4:, 0] = noise[:4, 0].abs(), -noise[4:, 0].abs()
+    next_obs = model.sample(obs, torch.zeros(8, 2), noise=noise)[0][:, 0].numpy()
+    mean = model.mean(obs, torch.zeros(8, 2))[0][:, 0].numpy()
+    np.testing.assert_allclose(mean, 1.0)  # the mean is reported inside the space either way
+    return next_obs[:4], next_obs[4:]
+
+
+def test_mean_before_clip_clamps_each_sample_not_the_mean() -> None:
+    """mean_before_clip: the pre-clip mean 1.3 +- 0.5 lands on 1.0 (clipped) and 0.8, as an env that clips its
+    state would; clamping the mean first (models saved before it) gives 1.0 and 0.5, a mode the env never
+    produces."""
+    plus, minus = _kicked_at_the_bound(dataclasses.replace(CONFIG, mean_before_clip=True))
+    np.testing.assert_allclose(plus, 1.0)
+    np.testing.assert_allclose(minus, 0.8, rtol=1e-6)
+    plus, minus = _kicked_at_the_bound(dataclasses.replace(CONFIG, mean_before_clip=False))
+    np.testing.assert_allclose(plus, 1.0)
+    np.testing.assert_allclose(minus, 0.5, rtol=1e-6)
+
+
+def test_models_saved_before_mean_before_clip_load_with_the_mean_clamped() -> None:
+    saved = {k: v for k, v in ModelConfig().to_json().items() if k != "mean_before_clip"}
+    assert ModelConfig.from_json(saved).mean_before_clip is False
+    assert ModelConfig().mean_before_clip is True
+    assert (
+        TrainConfig.from_json({}).model_config().mean_before_clip is False
+    )  # a run saved before it resumes so
+    assert TrainConfig().model_config().mean_before_clip is True
+    assert TrainConfig(clamp_mean=False).model_config().mean_before_clip is False
+
+
+def test_clipped_sample_mean_is_the_clamped_samples_average_with_a_straight_through_gradient() -> None:
+    """training_parts.clipped_sample_mean: plain mu where nothing clips; the clipped samples' average where some
+    do, so the regression's fixed point puts mu past the bound by what the clip hides."""
+    from simgan.training_parts import clipped_sample_mean
+
+    low = torch.tensor([[-1.0, -torch.inf], [-1.0, -torch.inf], [-1.0, -torch.inf]])
+    high = torch.tensor([[1.0, torch.inf], [1.0, torch.inf], [1.0, torch.inf]])
+    mean = torch.tensor([[0.0, 0.25], [1.5, 0.25], [0.75, 0.25]], requires_grad=True)
+    residual = torch.tensor([[0.5, 3.0], [-0.5, 3.0]]).expand(3, 2, 2)  # two samples per row: +-0.5 (scale 1)
+    regressed = clipped_sample_mean(mean, residual, torch.ones(2), (low, high))
+    # row 0: nothing clips; row 1: 2.0 and 1.0 both land on 1.0; row 2: 1.25 -> 1.0 and 0.25
+    expected = torch.tensor([[0.0, 0.25], [1.0, 0.25], [0.625, 0.25]])
+    torch.testing.assert_close(regressed.detach(), expected)
+    target = torch.tensor([[0.5, 0.0], [1.0, 0.0], [0.625, 0.0]])
+    ((regressed - target) ** 2).sum().backward()
+    # row 1's overshoot with its target on the bound, and row 2 at its fixed point, pass no gradient back
+    torch.testing.assert_close(mean.grad[:, 0], torch.tensor([-1.0, 0.0, 0.0]))
+    torch.testing.assert_close(mean.grad[:, 1], torch.full((3,), 0.5))
