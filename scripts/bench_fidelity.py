@@ -84,6 +84,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--eval-samples", type=int, default=2000, help="validation transitions for one-step metrics"
     )
+    p.add_argument(
+        "--cond-points",
+        type=int,
+        default=128,
+        help="held-out (s, a) points of the conditional metrics, per seed (results made before this option: 8)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="results/bench_fidelity", help="output directory")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -148,7 +154,13 @@ def train_pair(
         model = train_ensemble(dataset, ens_dir, config)
         runs["ensemble"] = {"train_s": time.perf_counter() - start, "model": model}
     for run in runs.values():
-        run["metrics"] = evaluate_model(run["model"], dataset, max_samples=args.eval_samples, seed=seed)
+        run["metrics"] = evaluate_model(
+            run["model"],
+            dataset,
+            max_samples=args.eval_samples,
+            conditional_points=args.cond_points,
+            seed=seed,
+        )
     if ensemble is not None:
         runs["ensemble"] = {**ensemble, "reused_from": args.ensemble_from}
     return runs
@@ -159,10 +171,11 @@ def stored_ensembles(args: argparse.Namespace) -> dict[str, dict[int, dict[str, 
     if args.ensemble_from is None:
         return {}
     stored = json.loads(Path(args.ensemble_from).read_text())
-    for key in ("data_steps", "ensemble_steps", "eval_samples"):
-        if stored["args"].get(key) != getattr(args, key):
+    for key in ("data_steps", "ensemble_steps", "eval_samples", "cond_points"):
+        if stored_setting(stored["args"], key) != getattr(args, key):
             raise SystemExit(
-                f"--ensemble-from: {args.ensemble_from} was made with {key}={stored['args'].get(key)!r}, this "
+                f"--ensemble-from: {args.ensemble_from} was made with {key}={stored_setting(stored['args'], key)!r}, "
+                f"this "
                 f"run has {getattr(args, key)!r}"
             )
     return {
@@ -354,11 +367,20 @@ def main() -> None:
 
 
 # Settings that must match for seeds of two runs to be summarised together.
+LEGACY_SETTINGS = {"cond_points": 8}  # what results made before a setting existed used
+
+
+def stored_setting(stored_args: dict[str, Any], key: str) -> Any:
+    """A stored run's setting, or what runs made before the setting existed used."""
+    return stored_args.get(key, LEGACY_SETTINGS.get(key))
+
+
 SAME_RUN_SETTINGS = (
     "data_steps",
     "gan_steps",
     "ensemble_steps",
     "eval_samples",
+    "cond_points",
     "gan_mean_hidden",
     "gan_lr_mean",
 )
@@ -371,9 +393,9 @@ def stored_results(root: Path, args: argparse.Namespace, seeds: list[int]) -> di
         raise SystemExit(f"--append: expected an earlier run's {path}, found none")
     stored = json.loads(path.read_text())
     for key in SAME_RUN_SETTINGS:
-        if stored["args"].get(key) != getattr(args, key):
+        if stored_setting(stored["args"], key) != getattr(args, key):
             raise SystemExit(
-                f"--append: {path} was made with {key}={stored['args'].get(key)!r}, this run has "
+                f"--append: {path} was made with {key}={stored_setting(stored['args'], key)!r}, this run has "
                 f"{getattr(args, key)!r}; seeds of different settings cannot be averaged"
             )
     for env_id in args.envs:

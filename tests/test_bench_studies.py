@@ -80,6 +80,26 @@ def test_fidelity_append_refuses_another_lr_mean(fidelity, tmp_path):
     assert fidelity.stored_results(tmp_path, same, [1])["envs"] == {}
 
 
+def test_fidelity_refuses_to_mix_results_of_another_point_count(fidelity, tmp_path):
+    """--cond-points: results made before it used 8 points per seed; neither --ensemble-from nor --append mixes
+    them with a run at 128 (the default), and a stored 8 matches --cond-points 8."""
+    legacy_args = {k: v for k, v in vars(_fidelity_args(fidelity, [])).items() if k != "cond_points"}
+    stored = tmp_path / "results.json"
+    stored.write_text(json.dumps({"args": legacy_args, "envs": {}}))
+    default = _fidelity_args(fidelity, ["--ensemble-from", str(stored)])
+    assert default.cond_points == 128
+    with pytest.raises(SystemExit, match=r"cond_points=8, this run has 128"):
+        fidelity.stored_ensembles(default)
+    assert (
+        fidelity.stored_ensembles(
+            _fidelity_args(fidelity, ["--ensemble-from", str(stored), "--cond-points", "8"])
+        )
+        == {}
+    )
+    with pytest.raises(SystemExit, match=r"cond_points=8, this run has 128"):
+        fidelity.stored_results(tmp_path, _fidelity_args(fidelity, ["--append", "--out", str(tmp_path)]), [1])
+
+
 def test_forecast_models_scores_saved_models_like_the_benchmark(forecast_bench, tmp_path, monkeypatch):
     """--models: the saved model's coverage on the benchmark's own start states and plans, written as JSON."""
     data = simgan.collect("Pendulum-v1", steps=600, workers=0, out=tmp_path / "data", seed=0, progress=False)

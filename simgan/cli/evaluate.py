@@ -30,7 +30,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "--horizons", type=int, nargs="+", default=[1, 5, 10, 25], help="open-loop rollout lengths"
     )
     parser.add_argument(
-        "--conditional-points", type=int, default=8, help="(s, a) points for conditional metrics"
+        "--conditional-points", type=int, default=128, help="(s, a) points for conditional metrics"
     )
     parser.add_argument("--conditional-samples", type=int, default=500, help="samples per conditional point")
     parser.add_argument("--seed", type=int, default=0, help="seed of subsampling and model noise")
