@@ -172,11 +172,11 @@ def stored_ensembles(args: argparse.Namespace) -> dict[str, dict[int, dict[str, 
         return {}
     stored = json.loads(Path(args.ensemble_from).read_text())
     for key in ("data_steps", "ensemble_steps", "eval_samples", "cond_points"):
-        if stored_setting(stored["args"], key) != getattr(args, key):
+        made_with = stored_setting(stored["args"], key)
+        if made_with != getattr(args, key):
             raise SystemExit(
-                f"--ensemble-from: {args.ensemble_from} was made with {key}={stored_setting(stored['args'], key)!r}, "
-                f"this "
-                f"run has {getattr(args, key)!r}"
+                f"--ensemble-from: {args.ensemble_from} was made with {key}={made_with!r}, this run has "
+                f"{getattr(args, key)!r}"
             )
     return {
         env: dict(
@@ -366,7 +366,6 @@ def main() -> None:
     print(table)
 
 
-# Settings that must match for seeds of two runs to be summarised together.
 LEGACY_SETTINGS = {"cond_points": 8}  # what results made before a setting existed used
 
 
@@ -375,6 +374,7 @@ def stored_setting(stored_args: dict[str, Any], key: str) -> Any:
     return stored_args.get(key, LEGACY_SETTINGS.get(key))
 
 
+# Settings that must match for seeds of two runs to be summarised together.
 SAME_RUN_SETTINGS = (
     "data_steps",
     "gan_steps",
@@ -393,9 +393,10 @@ def stored_results(root: Path, args: argparse.Namespace, seeds: list[int]) -> di
         raise SystemExit(f"--append: expected an earlier run's {path}, found none")
     stored = json.loads(path.read_text())
     for key in SAME_RUN_SETTINGS:
-        if stored_setting(stored["args"], key) != getattr(args, key):
+        made_with = stored_setting(stored["args"], key)
+        if made_with != getattr(args, key):
             raise SystemExit(
-                f"--append: {path} was made with {key}={stored_setting(stored['args'], key)!r}, this run has "
+                f"--append: {path} was made with {key}={made_with!r}, this run has "
                 f"{getattr(args, key)!r}; seeds of different settings cannot be averaged"
             )
     for env_id in args.envs:

@@ -54,9 +54,8 @@ class ModelConfig:
         values = dict(data)
         values.setdefault("noise_components", 0)  # models saved before the discrete latent existed
         values.setdefault("termination_hidden", [])  # ... and before the termination head had its own net
-        values.setdefault(
-            "mean_before_clip", False
-        )  # ... and before the mean head predicted the unclipped mean
+        # ... and before the mean head predicted the mean before the clip
+        values.setdefault("mean_before_clip", False)
         for key in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             values[key] = tuple(int(h) for h in values[key])
         return cls(**values)

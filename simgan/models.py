@@ -224,7 +224,7 @@ class ConditionalGAN(nn.Module):
         cond = self.condition(obs, action)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         mean, bounds = self.bounded_mean(cond, obs)
-        if bounds is not None and self.config.mean_before_clip:
+        if bounds is not None:  # a no-op for models that clamp the mean itself
             mean = torch.clamp(mean, *bounds)
         next_obs, reward = self.normalizer.untarget(obs, mean)
         return self.space_clamp(next_obs), reward, torch.sigmoid(self.generator.termination_logit(cond, mean))

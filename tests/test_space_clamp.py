@@ -182,9 +182,8 @@ def test_models_saved_before_mean_before_clip_load_with_the_mean_clamped() -> No
     saved = {k: v for k, v in ModelConfig().to_json().items() if k != "mean_before_clip"}
     assert ModelConfig.from_json(saved).mean_before_clip is False
     assert ModelConfig().mean_before_clip is True
-    assert (
-        TrainConfig.from_json({}).model_config().mean_before_clip is False
-    )  # a run saved before it resumes so
+    # a run saved before it resumes so
+    assert TrainConfig.from_json({}).model_config().mean_before_clip is False
     assert TrainConfig().model_config().mean_before_clip is True
     assert TrainConfig(clamp_mean=False).model_config().mean_before_clip is False
 
