@@ -40,6 +40,7 @@ from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.world_model import (
     CONSTANT_COLUMN_STD,
+    CalibratedRealism,
     ModelInfo,
     SpaceClamp,
     encode_action,
@@ -107,7 +108,7 @@ class EnsembleConfig:
         self.hidden = tuple(self.hidden)
 
 
-class GaussianEnsemble(nn.Module):
+class GaussianEnsemble(CalibratedRealism, nn.Module):
     """A bootstrapped ensemble of probabilistic MLPs; implements :class:`simgan.world_model.WorldModel`."""
 
     def __init__(self, info: ModelInfo, config: EnsembleConfig) -> None:
@@ -350,26 +351,7 @@ class GaussianEnsemble(nn.Module):
         ).sum(-1)
         return torch.logsumexp(per_member, dim=0) - math.log(len(self.elite_index))
 
-    @torch.no_grad()
-    def realism(
-        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
-    ) -> torch.Tensor:
-        """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
-        return realism_from_scores(self.realism_reference, self.log_density(obs, action, next_obs, reward))
-
-    @torch.no_grad()
-    def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:
-        """Store the sorted log-densities of real (validation) transitions as the realism reference."""
-        scores = [
-            self.log_density(
-                torch.as_tensor(batch.obs[i : i + chunk]),
-                torch.as_tensor(batch.action[i : i + chunk]),
-                torch.as_tensor(batch.next_obs[i : i + chunk]),
-                torch.as_tensor(batch.reward[i : i + chunk]),
-            )
-            for i in range(0, len(batch), chunk)
-        ]
-        self.realism_reference = torch.sort(torch.cat(scores)).values
+    realism_score = log_density  # what realism is calibrated on (CalibratedRealism)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def save(self, directory: str | Path, metrics: dict[str, Any] | None = None) -> None:

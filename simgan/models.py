@@ -37,10 +37,10 @@ import torch
 from torch import nn
 
 from simgan.checkpoint import ModelFiles, stored_forecast_noise
-from simgan.dataset_format import TransitionBatch
 from simgan.errors import SimganError
 from simgan.gan_networks import Discriminator, Generator, ModelConfig, Normalizer
 from simgan.world_model import (
+    CalibratedRealism,
     ModelInfo,
     SpaceClamp,
     encode_action,
@@ -54,7 +54,7 @@ class ModelShapeError(SimganError, ValueError):
     """Inputs whose shapes or sizes do not match the model."""
 
 
-class ConditionalGAN(nn.Module):
+class ConditionalGAN(CalibratedRealism, nn.Module):
     """The conditional GAN as a :class:`simgan.world_model.WorldModel` (raw, unnormalised tensors in and out)."""
 
     kind = "gan"
@@ -279,26 +279,7 @@ class ConditionalGAN(nn.Module):
         obs, next_obs, reward = transition_tensors(obs, next_obs, reward, self.device, ModelShapeError)
         return self._judge(cond, self.judged_residual(cond, obs, next_obs, reward))
 
-    @torch.no_grad()
-    def realism(
-        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
-    ) -> torch.Tensor:
-        """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
-        return realism_from_scores(self.realism_reference, self.score(obs, action, next_obs, reward))
-
-    @torch.no_grad()
-    def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:
-        """Store the sorted discriminator scores of real (validation) transitions as the realism reference."""
-        scores = [
-            self.score(
-                torch.as_tensor(batch.obs[i : i + chunk]),
-                torch.as_tensor(batch.action[i : i + chunk]),
-                torch.as_tensor(batch.next_obs[i : i + chunk]),
-                torch.as_tensor(batch.reward[i : i + chunk]),
-            )
-            for i in range(0, len(batch), chunk)
-        ]
-        self.realism_reference = torch.sort(torch.cat(scores)).values
+    realism_score = score  # what realism is calibrated on (CalibratedRealism)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:

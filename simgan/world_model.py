@@ -23,7 +23,7 @@ distribution); models without it forecast with their one-step spread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -31,6 +31,9 @@ import torch
 
 from simgan.errors import SimganError
 from simgan.spaces import action_dim, space_from_dict, space_to_dict
+
+if TYPE_CHECKING:
+    from simgan.dataset_format import TransitionBatch
 
 # A data column whose std is below this is constant (CartPole's reward of 1): every model's normaliser and the
 # metrics leave such columns in raw units instead of dividing float noise by a tiny std.
@@ -261,6 +264,40 @@ def realism_from_scores(reference: torch.Tensor, scores: torch.Tensor) -> torch.
         raise SimganError("realism: this model has no calibration scores (train it with validation data)")
     index = torch.searchsorted(reference, scores.to(reference.dtype).contiguous(), right=False)
     return index.to(torch.float32) / reference.numel()
+
+
+class CalibratedRealism:
+    """``realism`` and ``calibrate_realism`` for a model that scores transitions (``realism_score``, B floats,
+    higher = more real: the GAN's discriminator, the ensemble's log-density) and keeps the sorted scores of real
+    validation transitions in a ``realism_reference`` buffer."""
+
+    realism_reference: torch.Tensor
+
+    def realism_score(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def realism(
+        self, obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor
+    ) -> torch.Tensor:
+        """Calibrated realism, B floats in [0, 1]: the fraction of real validation transitions scoring lower."""
+        return realism_from_scores(self.realism_reference, self.realism_score(obs, action, next_obs, reward))
+
+    @torch.no_grad()
+    def calibrate_realism(self, batch: TransitionBatch, chunk: int = 8192) -> None:
+        """Store the sorted scores of real (validation) transitions as the realism reference."""
+        scores = [
+            self.realism_score(
+                torch.as_tensor(batch.obs[i : i + chunk]),
+                torch.as_tensor(batch.action[i : i + chunk]),
+                torch.as_tensor(batch.next_obs[i : i + chunk]),
+                torch.as_tensor(batch.reward[i : i + chunk]),
+            )
+            for i in range(0, len(batch), chunk)
+        ]
+        self.realism_reference = torch.sort(torch.cat(scores)).values
 
 
 def encode_action(action: torch.Tensor, action_space: gym.Space) -> torch.Tensor:
