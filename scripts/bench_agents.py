@@ -20,7 +20,8 @@ Each method is evaluated every ``eval_every`` real steps (the loop: after each i
 (deterministic actions; evaluation episodes are not counted as real steps). Reported: the real env steps at
 which the mean return first reaches the env's threshold (``None`` when it never does within the budget), and the
 learning curves. Also: the Spearman rank correlation, over the saved policies of the run (the loop's
-per-iteration agents and the model-free snapshots: >= 8 policies of varying quality), between their mean return
+per-iteration agents and the model-free snapshots, saved every ``eval_every / 2`` real steps: >= 8 policies of
+varying quality), between their mean return
 in the learned env (the last ``loop-gan`` model, full episodes from dataset start states) and in the real env.
 
 Writes ``results/bench_agents.json``, ``results/bench_agents.md`` and ``results/bench_agents.png`` (atomically).
@@ -109,11 +110,14 @@ class _TargetReached(Exception):
 
 
 class EvalEvery(gym.Wrapper):
-    """Counts real env steps; every ``every`` steps evaluates ``agent`` on a separate env and saves a snapshot."""
+    """Counts real env steps; every ``every`` steps evaluates ``agent`` on a separate env, and every ``every //
+    2`` steps saves a snapshot of it (policies for the rank correlation: twice as many as evaluations, so a run
+    that reaches the threshold early still leaves enough of them)."""
 
     def __init__(self, env: gym.Env, agent: Any, *, every: int, threshold: float, snapshots: Path, seed: int):
         super().__init__(env)
         self.agent, self.every, self.threshold = agent, every, threshold
+        self.snapshot_every = max(1, every // 2)
         self.snapshots, self.seed = snapshots, seed
         self.steps, self.curve = 0, []
         self.eval_env = make_env(env.spec.id)
@@ -121,12 +125,13 @@ class EvalEvery(gym.Wrapper):
     def step(self, action: Any) -> Any:
         result = self.env.step(action)
         self.steps += 1
+        if self.steps % self.snapshot_every == 0:
+            self.agent.save(self.snapshots / f"step-{self.steps:07d}")
         if self.steps % self.every == 0:
             mean = evaluate_policy(
                 self.agent, self.eval_env, episodes=10, seed=10_000 + self.seed
             ).mean_return
             self.curve.append((self.steps, mean))
-            self.agent.save(self.snapshots / f"step-{self.steps:07d}")
             print(f"  model-free: {self.steps} real steps, real return {mean:.1f}", flush=True)
             if mean >= self.threshold:
                 raise _TargetReached

@@ -138,3 +138,23 @@ def test_rank_only_results_get_a_table_and_no_plot(bench, tmp_path: Path) -> Non
     bench.write_report(bench.merge_results([part]), tmp_path / "rank")
     assert "seed 1: Spearman" in (tmp_path / "rank.md").read_text()
     assert not (tmp_path / "rank.png").exists()
+
+
+def test_model_free_runs_save_a_policy_every_half_evaluation_period(bench, tmp_path: Path) -> None:
+    from agents import PPOAgent, PPOConfig, load_agent
+    from envs import make_env
+
+    env = make_env("CartPole-v1")
+    agent = PPOAgent(env.observation_space, env.action_space, PPOConfig(seed=0))
+    wrapped = bench.EvalEvery(env, agent, every=4, threshold=1e9, snapshots=tmp_path, seed=0)
+    wrapped.reset(seed=0)
+    for _ in range(12):
+        _, _, terminated, truncated, _ = wrapped.step(env.action_space.sample())
+        if terminated or truncated:
+            wrapped.reset()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"step-{k:07d}" for k in (2, 4, 6, 8, 10, 12)]
+    assert [steps for steps, _ in wrapped.curve] == [4, 8, 12]
+    assert all(mean > 0 for _, mean in wrapped.curve)  # CartPole pays 1 per step: real evaluations ran
+    restored = load_agent(tmp_path / "step-0000006", env.observation_space, env.action_space)
+    obs = env.reset(seed=1)[0][None]
+    assert restored.act(obs, deterministic=True) == agent.act(obs, deterministic=True)
