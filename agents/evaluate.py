@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -15,18 +16,28 @@ from agents.base import autoreset_mode, like_env, to_numpy
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Undiscounted returns and lengths of complete episodes."""
+    """Undiscounted returns and lengths of complete episodes, and how they ended.
+
+    ``endings`` counts the episodes that ended ``"terminated"`` and ``"truncated"``, and for every boolean flag
+    an env set in the info of an episode's last step, the episodes that ended with it: a learned env's
+    ``"out_of_support"`` or ``"unrealistic"`` say that episodes were cut short where the model is unchecked, so
+    their returns are too. Episodes cut by ``max_steps`` count in neither.
+    """
 
     mean_return: float
     std_return: float
     returns: list[float]
     lengths: list[int]
+    endings: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (
-            f"mean return {self.mean_return:.2f} ± {self.std_return:.2f} over {len(self.returns)} episodes"
-            f" (mean length {np.mean(self.lengths):.1f})"
-        )
+        text = f"mean return {self.mean_return:.2f} ± {self.std_return:.2f} over {len(self.returns)} episodes"
+        text += f" (mean length {np.mean(self.lengths):.1f}"
+        ends = [k for k in ("terminated", "truncated") if k in self.endings]
+        ends += sorted(k for k in self.endings if k not in ("terminated", "truncated"))
+        if ends:
+            text += "; ended: " + ", ".join(f"{self.endings[k]} {k}" for k in ends)
+        return text + ")"
 
 
 def _policy_fn(policy: Any, deterministic: bool) -> Callable[[np.ndarray], Any]:
@@ -38,8 +49,28 @@ def _policy_fn(policy: Any, deterministic: bool) -> Callable[[np.ndarray], Any]:
     raise TypeError(f"expected a Policy or a callable obs -> action, got {type(policy).__name__}")
 
 
-def _result(returns: list[float], lengths: list[int]) -> EvalResult:
-    return EvalResult(float(np.mean(returns)), float(np.std(returns)), returns, lengths)
+def _result(returns: list[float], lengths: list[int], endings: Counter) -> EvalResult:
+    return EvalResult(
+        float(np.mean(returns)), float(np.std(returns)), returns, lengths, dict(sorted(endings.items()))
+    )
+
+
+def _ending(terminated: bool, truncated: bool, info: dict[str, Any], index: int | None = None) -> list[str]:
+    """What ended an episode: "terminated" / "truncated" and the boolean info flags set at its last step (for
+    sub-env ``index`` of a vector env's info, where each key holds one value per sub-env)."""
+    names = ["terminated"] if terminated else ["truncated"] if truncated else []
+    for key, value in info.items():
+        if key.startswith("_") or key in ("terminated", "truncated"):
+            continue
+        if index is not None:
+            mask = info.get(f"_{key}")
+            value = to_numpy(value)
+            if value.ndim != 1 or (mask is not None and not to_numpy(mask)[index]):
+                continue
+            value = value[index]
+        if isinstance(value, (bool, np.bool_)) and value:
+            names.append(key)
+    return names
 
 
 def evaluate_policy(
@@ -64,14 +95,14 @@ def evaluate_policy(
         max_steps: safety cap on steps per episode (None: rely on the env's own time limit).
 
     Returns:
-        EvalResult(mean_return, std_return, returns, lengths).
+        EvalResult(mean_return, std_return, returns, lengths, endings).
     """
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
     act = _policy_fn(policy, deterministic)
     if isinstance(env, VectorEnv):
         return _evaluate_vector(act, policy, env, episodes, seed, max_steps)
-    returns, lengths = [], []
+    returns, lengths, endings = [], [], Counter()
     for episode in range(episodes):
         if hasattr(policy, "reset"):
             policy.reset()  # planners (MPC) drop their warm start between episodes
@@ -79,13 +110,16 @@ def evaluate_policy(
         total, steps, done = 0.0, 0, False
         while not done:
             action = to_numpy(act(to_numpy(obs)[None]))[0]
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             steps += 1
-            done = bool(terminated or truncated) or (max_steps is not None and steps >= max_steps)
+            ended = bool(terminated or truncated)
+            if ended:
+                endings.update(_ending(bool(terminated), bool(truncated), info))
+            done = ended or (max_steps is not None and steps >= max_steps)
         returns.append(total)
         lengths.append(steps)
-    return _result(returns, lengths)
+    return _result(returns, lengths, endings)
 
 
 def _evaluate_vector(
@@ -94,7 +128,7 @@ def _evaluate_vector(
     mode = autoreset_mode(env)
     n = env.num_envs
     quota = np.array([(episodes + i) // n for i in range(n)])  # sums to `episodes`
-    returns, lengths = [], []
+    returns, lengths, endings = [], [], Counter()
     running_return, running_length = np.zeros(n), np.zeros(n, dtype=np.int64)
     needs_reset = np.zeros(n, dtype=bool)
     if hasattr(policy, "reset"):
@@ -102,11 +136,12 @@ def _evaluate_vector(
     obs, _ = env.reset(seed=seed)
     while len(returns) < episodes:
         actions = act(to_numpy(obs))
-        obs_next, reward, terminated, truncated, _ = env.step(like_env(actions, obs))
+        obs_next, reward, terminated, truncated, info = env.step(like_env(actions, obs))
         valid = ~needs_reset if mode == AutoresetMode.NEXT_STEP else np.ones(n, dtype=bool)
         running_return += np.where(valid, to_numpy(reward).astype(np.float64), 0.0)
         running_length += valid
-        env_done = to_numpy(terminated).astype(bool) | to_numpy(truncated).astype(bool)
+        terminated, truncated = to_numpy(terminated).astype(bool), to_numpy(truncated).astype(bool)
+        env_done = terminated | truncated
         done = env_done
         if max_steps is not None:
             done = env_done | (running_length >= max_steps)  # the env keeps running; scoring cuts the episode
@@ -115,7 +150,12 @@ def _evaluate_vector(
                 quota[i] -= 1
                 returns.append(float(running_return[i]))
                 lengths.append(int(running_length[i]))
+                if env_done[
+                    i
+                ]:  # SAME_STEP: info is the new episode's reset info, the last step's is final_info
+                    final = info.get("final_info", info) if mode == AutoresetMode.SAME_STEP else info
+                    endings.update(_ending(terminated[i], truncated[i], final, i))
             running_return[i], running_length[i] = 0.0, 0
         needs_reset = env_done if mode == AutoresetMode.NEXT_STEP else np.zeros(n, dtype=bool)
         obs = obs_next
-    return _result(returns, lengths)
+    return _result(returns, lengths, endings)

@@ -211,8 +211,16 @@ def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[st
     for path in policies:
         agent = load_agent(path, real_env.observation_space, real_env.action_space)
         real = evaluate_policy(agent, real_env, episodes=episodes, seed=20_000).mean_return
-        sim = evaluate_policy(agent, sim_env, episodes=episodes, seed=20_000).mean_return
-        rows.append({"policy": str(path.relative_to(seed_dir)), "real": real, "sim": sim})
+        sim = evaluate_policy(agent, sim_env, episodes=episodes, seed=20_000)
+        # sim_endings: how many learned-env episodes were cut short out of the data's support, and so on
+        rows.append(
+            {
+                "policy": str(path.relative_to(seed_dir)),
+                "real": real,
+                "sim": sim.mean_return,
+                "sim_endings": sim.endings,
+            }
+        )
     if len(rows) < 3:
         return {"policies": rows}
     rho = spearmanr([r["sim"] for r in rows], [r["real"] for r in rows]).statistic

@@ -64,6 +64,38 @@ def test_sac_trains_on_the_learned_vector_env(torch_mode):
     assert evaluation.lengths == [20] * 16  # the learned env's time limit, whole episodes only
 
 
+@pytest.mark.parametrize("torch_mode", [False, True])
+def test_evaluation_counts_the_episodes_the_learned_env_cut_short(torch_mode):
+    """Pushing obs_1 up by 0.1 a step leaves the data's range ([-2, 2], no margin) within 25 steps: every
+    episode is truncated out of support, and the result says so; standing still runs to the time limit."""
+
+    def push(obs):
+        return np.tile(np.array([0.0, 1.0], np.float32), (len(obs), 1))
+
+    def idle(obs):
+        return np.zeros((len(obs), 2), np.float32)
+
+    def sim():
+        return SimVectorEnv(
+            LinearModel(),
+            num_envs=4,
+            torch_mode=torch_mode,
+            seed=0,
+            compute_realism=False,
+            support_margin=0.0,
+            max_episode_steps=40,
+        )
+
+    pushed = evaluate_policy(push, sim(), episodes=8, seed=0)
+    assert pushed.endings == {"out_of_support": 8, "truncated": 8}
+    assert all(16 <= n <= 25 for n in pushed.lengths), pushed.lengths
+    assert str(pushed).endswith("; ended: 8 truncated, 8 out_of_support)")
+    still = evaluate_policy(idle, sim(), episodes=8, seed=0)
+    assert still.endings == {"truncated": 8} and still.lengths == [40] * 8
+    single = SimEnv(LinearModel(), seed=0, compute_realism=False, support_margin=0.0, max_episode_steps=40)
+    assert evaluate_policy(push, single, episodes=3).endings == {"out_of_support": 3, "truncated": 3}
+
+
 def test_ppo_and_evaluate_on_a_discrete_learned_env():
     sim = SimVectorEnv(DiscreteLinearModel(), num_envs=8, seed=0, compute_realism=False)
     result = train_ppo(sim, PPOConfig(total_steps=1024, num_steps=32, seed=0), progress=False)

@@ -201,6 +201,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "std_return": result.std_return,
                 "returns": result.returns,
                 "lengths": result.lengths,
+                "endings": result.endings,
             },
         )
     return 0
@@ -262,6 +263,8 @@ def _evaluate_shard(
 
 def _evaluate_sharded(args: argparse.Namespace) -> Any:
     """``agent eval --shards S``: contiguous blocks of episodes over S Ray actors (see the module docstring)."""
+    from collections import Counter
+
     import numpy as np
 
     from agents import EvalResult
@@ -298,4 +301,9 @@ def _evaluate_sharded(args: argparse.Namespace) -> Any:
     parts = run_shards(_evaluate_shard, shard_kwargs, address=args.address, gpus_per_shard=gpus)
     returns = [value for part in parts for value in part.returns]
     lengths = [value for part in parts for value in part.lengths]
-    return EvalResult(float(np.mean(returns)), float(np.std(returns)), returns, lengths)
+    endings = Counter()
+    for part in parts:
+        endings.update(part.endings)
+    return EvalResult(
+        float(np.mean(returns)), float(np.std(returns)), returns, lengths, dict(sorted(endings.items()))
+    )
