@@ -150,9 +150,8 @@ def _evaluate_vector(
                 quota[i] -= 1
                 returns.append(float(running_return[i]))
                 lengths.append(int(running_length[i]))
-                if env_done[
-                    i
-                ]:  # SAME_STEP: info is the new episode's reset info, the last step's is final_info
+                if env_done[i]:
+                    # SAME_STEP: info is the new episode's reset info, the last step's is final_info
                     final = info.get("final_info", info) if mode == AutoresetMode.SAME_STEP else info
                     endings.update(_ending(terminated[i], truncated[i], final, i))
             running_return[i], running_length[i] = 0.0, 0
