@@ -21,8 +21,8 @@ Each method is evaluated every ``eval_every`` real steps (the loop: after each i
 which the mean return first reaches the env's threshold (``None`` when it never does within the budget), and the
 learning curves. Also: the Spearman rank correlation, over the saved policies of the run (the loop's
 per-iteration agents and the model-free snapshots, saved every ``eval_every / 2`` real steps: >= 8 policies of
-varying quality), between their mean return
-in the learned env (the last ``loop-gan`` model, full episodes from dataset start states) and in the real env.
+varying quality), between their mean return in the learned env (the last ``loop-gan`` model, full episodes from
+dataset start states) and in the real env.
 
 Writes ``results/bench_agents.json``, ``results/bench_agents.md`` and ``results/bench_agents.png`` (atomically).
 """
