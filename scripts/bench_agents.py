@@ -302,8 +302,20 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(
                     f"{env_id} seed {seed}: Spearman(learned-env return, real return) = {corr['spearman']:.3f} "
                     f"over {len(corr['policies'])} policies ({corr.get('episodes', 10)} episodes each)"
+                    + _cut_short(corr)
                 )
     return "\n".join(lines) + "\n"
+
+
+def _cut_short(corr: dict[str, Any]) -> str:
+    """ ", N of M learned-env episodes cut out of support" for a seed's rank correlation: returns the learned env
+    rated on episodes it truncated where its model is unchecked (empty for results from before it was recorded)."""
+    endings = [p["sim_endings"] for p in corr["policies"] if "sim_endings" in p]
+    if not endings:
+        return ""
+    cut = sum(e.get("out_of_support", 0) for e in endings)
+    total = len(endings) * corr.get("episodes", 10)
+    return f"; {cut} of {total} learned-env episodes cut short out of support"
 
 
 def read_results(path: str | Path) -> dict[str, Any]:

@@ -140,6 +140,24 @@ def test_rank_only_results_get_a_table_and_no_plot(bench, tmp_path: Path) -> Non
     assert not (tmp_path / "rank.png").exists()
 
 
+def test_the_report_says_how_many_learned_env_episodes_were_cut_out_of_support(bench) -> None:
+    part = _part(0, 2)
+    ranked = [{"policy": f"p{k}", "real": k, "sim": k} for k in range(3)]
+    part["envs"]["CartPole-v1"]["rank_correlation"] = {
+        "0": {"policies": ranked, "spearman": 1.0, "episodes": 10},  # recorded before the endings were
+        "1": {
+            "policies": [
+                {**p, "sim_endings": {"truncated": 10, "out_of_support": k}} for k, p in enumerate(ranked)
+            ],
+            "spearman": 1.0,
+            "episodes": 10,
+        },
+    }
+    lines = bench.markdown(part).splitlines()
+    assert lines[-2].endswith("(10 episodes each)")
+    assert lines[-1].endswith("(10 episodes each); 3 of 30 learned-env episodes cut short out of support")
+
+
 def test_model_free_runs_save_a_policy_every_half_evaluation_period(bench, tmp_path: Path) -> None:
     from agents import PPOAgent, PPOConfig, load_agent
     from envs import make_env
