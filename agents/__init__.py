@@ -10,7 +10,7 @@
 """
 
 from agents.base import BasePolicy, Policy, SeededPolicy, TrainResult, load_agent
-from agents.evaluate import EvalResult, evaluate_policy
+from agents.evaluate import EvalResult, combine_results, evaluate_policy
 from agents.mpc import MPCPolicy
 from agents.ppo import PPOAgent, PPOConfig, train_ppo
 from agents.random import RandomPolicy
@@ -31,6 +31,7 @@ __all__ = [
     "SeededPolicy",
     "SpaceMismatchError",
     "TrainResult",
+    "combine_results",
     "evaluate_policy",
     "load_agent",
     "train_ppo",

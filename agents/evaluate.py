@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,22 +55,45 @@ def _result(returns: list[float], lengths: list[int], endings: Counter) -> EvalR
     )
 
 
-def _ending(terminated: bool, truncated: bool, info: dict[str, Any], index: int | None = None) -> list[str]:
-    """What ended an episode: "terminated" / "truncated" and the boolean info flags set at its last step (for
-    sub-env ``index`` of a vector env's info, where each key holds one value per sub-env)."""
-    names = ["terminated"] if terminated else ["truncated"] if truncated else []
+def combine_results(parts: Sequence[EvalResult]) -> EvalResult:
+    """One result from evaluations of disjoint sets of episodes (e.g. shards), their episodes in ``parts`` order."""
+    endings: Counter = Counter()
+    for part in parts:
+        endings.update(part.endings)
+    returns = [value for part in parts for value in part.returns]
+    lengths = [value for part in parts for value in part.lengths]
+    return _result(returns, lengths, endings)
+
+
+_NOT_FLAGS = ("terminated", "truncated")  # info keys some wrappers copy the step's own outcome into
+
+
+def _end(terminated: bool, truncated: bool) -> list[str]:
+    return ["terminated"] if terminated else ["truncated"] if truncated else []
+
+
+def _info_flags(info: dict[str, Any]) -> list[str]:
+    """The boolean flags set in a single env's step info."""
+    return [
+        key
+        for key, value in info.items()
+        if not key.startswith("_") and key not in _NOT_FLAGS and isinstance(value, (bool, np.bool_)) and value
+    ]
+
+
+def _vector_info_flags(info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The boolean flags of a vector env's step info: key -> num_envs bools, False where gymnasium's ``_key``
+    mask says a sub-env did not set the key. Other entries (numbers, observations, dicts) are left out."""
+    flags = {}
     for key, value in info.items():
-        if key.startswith("_") or key in ("terminated", "truncated"):
+        if key.startswith("_") or key in _NOT_FLAGS:
             continue
-        if index is not None:
-            mask = info.get(f"_{key}")
-            value = to_numpy(value)
-            if value.ndim != 1 or (mask is not None and not to_numpy(mask)[index]):
-                continue
-            value = value[index]
-        if isinstance(value, (bool, np.bool_)) and value:
-            names.append(key)
-    return names
+        value = to_numpy(value)
+        if value.ndim != 1 or value.dtype != np.bool_:
+            continue
+        mask = info.get(f"_{key}")
+        flags[key] = value if mask is None else value & to_numpy(mask).astype(bool)
+    return flags
 
 
 def evaluate_policy(
@@ -115,7 +138,7 @@ def evaluate_policy(
             steps += 1
             ended = bool(terminated or truncated)
             if ended:
-                endings.update(_ending(bool(terminated), bool(truncated), info))
+                endings.update(_end(bool(terminated), bool(truncated)) + _info_flags(info))
             done = ended or (max_steps is not None and steps >= max_steps)
         returns.append(total)
         lengths.append(steps)
@@ -145,15 +168,19 @@ def _evaluate_vector(
         done = env_done
         if max_steps is not None:
             done = env_done | (running_length >= max_steps)  # the env keeps running; scoring cuts the episode
+        flags = None  # the step's info flags, read once if a counted episode ended in the env
         for i in np.flatnonzero(done & valid):
             if quota[i] > 0:
                 quota[i] -= 1
                 returns.append(float(running_return[i]))
                 lengths.append(int(running_length[i]))
                 if env_done[i]:
-                    # SAME_STEP: info is the new episode's reset info, the last step's is final_info
-                    final = info.get("final_info", info) if mode == AutoresetMode.SAME_STEP else info
-                    endings.update(_ending(terminated[i], truncated[i], final, i))
+                    if flags is None:
+                        # SAME_STEP: info is the new episode's reset info, the last step's is final_info
+                        final = info.get("final_info", info) if mode == AutoresetMode.SAME_STEP else info
+                        flags = _vector_info_flags(final)
+                    names = [key for key, values in flags.items() if values[i]]
+                    endings.update(_end(terminated[i], truncated[i]) + names)
             running_return[i], running_length[i] = 0.0, 0
         needs_reset = env_done if mode == AutoresetMode.NEXT_STEP else np.zeros(n, dtype=bool)
         obs = obs_next

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents import EvalResult, RandomPolicy, evaluate_policy
+from agents import EvalResult, RandomPolicy, combine_results, evaluate_policy
 
 
 def test_single_env_random_policy_cartpole():
@@ -87,3 +87,15 @@ def test_endings_count_the_flags_of_each_episodes_last_step(mode):
     )
     many = evaluate_policy(policy, envs, episodes=9, seed=0)
     assert many.endings["terminated"] == 9 and 0 < many.endings.get("pole_fell", 0) <= 9, many.endings
+
+
+def test_combining_shards_keeps_their_episodes_in_order_and_sums_their_endings():
+    env = PoleFellFlag(gym.make("CartPole-v1"))
+    policy = RandomPolicy(env.observation_space, env.action_space, seed=0)
+    parts = [evaluate_policy(policy, env, episodes=3, seed=s) for s in (0, 3)]
+    combined = combine_results(parts)
+    assert combined.returns == parts[0].returns + parts[1].returns
+    assert combined.lengths == parts[0].lengths + parts[1].lengths
+    assert combined.mean_return == pytest.approx(np.mean(combined.returns))
+    assert combined.endings["terminated"] == 6
+    assert combined.endings.get("pole_fell", 0) == sum(p.endings.get("pole_fell", 0) for p in parts)

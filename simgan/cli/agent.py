@@ -263,11 +263,9 @@ def _evaluate_shard(
 
 def _evaluate_sharded(args: argparse.Namespace) -> Any:
     """``agent eval --shards S``: contiguous blocks of episodes over S Ray actors (see the module docstring)."""
-    from collections import Counter
-
     import numpy as np
 
-    from agents import EvalResult
+    from agents import combine_results
     from simgan.shards import run_shards, split_evenly
 
     # the actors would find these too, but only after the cluster has started
@@ -299,11 +297,4 @@ def _evaluate_sharded(args: argparse.Namespace) -> Any:
         for k, (count, first) in enumerate(zip(counts, firsts))
     ]
     parts = run_shards(_evaluate_shard, shard_kwargs, address=args.address, gpus_per_shard=gpus)
-    returns = [value for part in parts for value in part.returns]
-    lengths = [value for part in parts for value in part.lengths]
-    endings = Counter()
-    for part in parts:
-        endings.update(part.endings)
-    return EvalResult(
-        float(np.mean(returns)), float(np.std(returns)), returns, lengths, dict(sorted(endings.items()))
-    )
+    return combine_results(parts)
