@@ -171,13 +171,12 @@ def stored_ensembles(args: argparse.Namespace) -> dict[str, dict[int, dict[str, 
     if args.ensemble_from is None:
         return {}
     stored = json.loads(Path(args.ensemble_from).read_text())
-    for key in ("data_steps", "ensemble_steps", "eval_samples", "cond_points"):
-        made_with = stored_setting(stored["args"], key)
-        if made_with != getattr(args, key):
-            raise SystemExit(
-                f"--ensemble-from: {args.ensemble_from} was made with {key}={made_with!r}, this run has "
-                f"{getattr(args, key)!r}"
-            )
+    refuse_other_settings(
+        f"--ensemble-from: {args.ensemble_from}",
+        stored["args"],
+        args,
+        ("data_steps", "ensemble_steps", "eval_samples", "cond_points"),
+    )
     return {
         env: dict(
             zip(entry.get("seeds", range(len(entry["per_seed"]))), (s["ensemble"] for s in entry["per_seed"]))
@@ -374,6 +373,18 @@ def stored_setting(stored_args: dict[str, Any], key: str) -> Any:
     return stored_args.get(key, LEGACY_SETTINGS.get(key))
 
 
+def refuse_other_settings(
+    source: str, stored_args: dict[str, Any], args: argparse.Namespace, keys: tuple[str, ...], why: str = ""
+) -> None:
+    """SystemExit naming the first of ``keys`` whose stored value (``source``'s) differs from this run's."""
+    for key in keys:
+        made_with = stored_setting(stored_args, key)
+        if made_with != getattr(args, key):
+            raise SystemExit(
+                f"{source} was made with {key}={made_with!r}, this run has {getattr(args, key)!r}{why}"
+            )
+
+
 # Settings that must match for seeds of two runs to be summarised together.
 SAME_RUN_SETTINGS = (
     "data_steps",
@@ -392,13 +403,13 @@ def stored_results(root: Path, args: argparse.Namespace, seeds: list[int]) -> di
     if not path.is_file():
         raise SystemExit(f"--append: expected an earlier run's {path}, found none")
     stored = json.loads(path.read_text())
-    for key in SAME_RUN_SETTINGS:
-        made_with = stored_setting(stored["args"], key)
-        if made_with != getattr(args, key):
-            raise SystemExit(
-                f"--append: {path} was made with {key}={made_with!r}, this run has "
-                f"{getattr(args, key)!r}; seeds of different settings cannot be averaged"
-            )
+    refuse_other_settings(
+        f"--append: {path}",
+        stored["args"],
+        args,
+        SAME_RUN_SETTINGS,
+        "; seeds of different settings cannot be averaged",
+    )
     for env_id in args.envs:
         entry = stored["envs"].get(env_id)
         if entry is None:
