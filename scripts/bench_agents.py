@@ -24,6 +24,13 @@ per-iteration agents and the model-free snapshots, saved every ``eval_every / 2`
 varying quality), between their mean return in the learned env (the last ``loop-gan`` model, full episodes from
 dataset start states) and in the real env.
 
+The loops stop at the threshold. ``--full-budget`` runs them to the preset budget instead (the steps to threshold
+stay the first crossing), so the rank correlation rates the policies in a model trained on the whole budget's
+data, and ``--resume --full-budget`` takes existing runs that stopped at the threshold on to the budget::
+
+    python scripts/bench_agents.py --envs InvertedPendulum-v5 --methods loop-gan --full-budget --resume \
+        --rank-episodes 100 --work-dir W --out /tmp/ip_full     # W: the run directories of an earlier run
+
 Writes ``results/bench_agents.json``, ``results/bench_agents.md`` and ``results/bench_agents.png`` (atomically).
 """
 
@@ -160,7 +167,20 @@ def run_model_free(env_id: str, preset: dict[str, Any], seed: int, out: Path) ->
     }
 
 
-def run_loop_method(env_id: str, model: str, preset: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
+def run_loop_method(
+    env_id: str,
+    model: str,
+    preset: dict[str, Any],
+    seed: int,
+    out: Path,
+    *,
+    full_budget: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """One ``simgan loop`` run with the preset's parameters; it stops at the threshold unless ``full_budget``
+    (then it runs every preset iteration). ``resume`` continues the finished iterations already in ``out`` (e.g.
+    a run that stopped at the threshold), which gives what an uninterrupted run gives; ``seconds`` is this call's
+    time only."""
     config = LoopConfig(
         env_id=env_id,
         model=model,
@@ -182,7 +202,14 @@ def run_loop_method(env_id: str, model: str, preset: dict[str, Any], seed: int, 
         progress=False,
     )
     start = time.perf_counter()
-    records = run_loop(config, agent, out, progress=False, stop_at_return=preset["threshold"])
+    records = run_loop(
+        config,
+        agent,
+        out,
+        resume=resume,
+        progress=False,
+        stop_at_return=None if full_budget else preset["threshold"],
+    )
     curve = [(r["real_steps"], r["eval_return_mean"]) for r in records]
     return {"curve": curve, "seconds": time.perf_counter() - start, "algo": agent.algo}
 
@@ -303,6 +330,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{env_id} seed {seed}: Spearman(learned-env return, real return) = {corr['spearman']:.3f} "
                     f"over {len(corr['policies'])} policies ({corr.get('episodes', 10)} episodes each)"
                     + _cut_short(corr)
+                    + (f"; rated in {corr['model']}" if "model" in corr else "")
                 )
     return "\n".join(lines) + "\n"
 
@@ -357,6 +385,10 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             if into["preset"] != entry["preset"]:
                 raise SystemExit(
                     f"--merge: {env_id} was run with different presets: {into['preset']} and {entry['preset']}"
+                )
+            if into.get("full_budget", False) != entry.get("full_budget", False):
+                raise SystemExit(
+                    f"--merge: {env_id} was run both with and without --full-budget; expected one of them"
                 )
             for method, runs in entry["runs"].items():
                 have = into["runs"].setdefault(method, [])
@@ -424,6 +456,19 @@ def main() -> None:
         "(e.g. with more --rank-episodes) and write OUT.json and OUT.md",
     )
     parser.add_argument(
+        "--full-budget",
+        action="store_true",
+        help="the loops run all their preset iterations (the real-step budget) instead of stopping at the "
+        "threshold; steps to threshold are still the first crossing, and the rank correlation rates the policies "
+        "in the model trained on the whole budget",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the loops' run directories in WORK_DIR instead of starting them over (with --full-budget: "
+        "take runs that stopped at the threshold on to the budget); loop methods only",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rewrite the table and plot from OUT.json (e.g. a partial run)",
@@ -442,6 +487,11 @@ def main() -> None:
     torch.set_num_threads(1)  # small MLPs: fastest single-threaded on a shared CPU
     if args.rank_episodes < 1:
         raise SystemExit(f"--rank-episodes: expected a positive integer, got {args.rank_episodes}")
+    if args.resume and "model-free" in args.methods:
+        raise SystemExit(
+            f"--resume: expected loop methods only (model-free runs cannot be continued), got --methods "
+            f"{' '.join(args.methods)}"
+        )
 
     work = Path(args.work_dir)
     results: dict[str, Any] = {
@@ -456,6 +506,7 @@ def main() -> None:
             "threshold": preset["threshold"],
             "target_steps": preset["target_steps"],
             "preset": preset,
+            "full_budget": args.full_budget,
             "runs": {},
             "rank_correlation": {},
         }
@@ -466,13 +517,24 @@ def main() -> None:
                 raise SystemExit(f"--rank-only: expected a run directory {seed_dir / 'loop-gan'}, found none")
             for method in [] if args.rank_only else args.methods:
                 run_dir = seed_dir / method
-                shutil.rmtree(run_dir, ignore_errors=True)
-                run_dir.mkdir(parents=True)
+                if args.resume and not (run_dir / "loop.json").is_file():
+                    raise SystemExit(f"--resume: expected a loop run directory {run_dir}, found none")
+                if not args.resume:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir(parents=True, exist_ok=True)
                 print(f"{env_id} seed {seed}: {method}", flush=True)
                 if method == "model-free":
                     run = run_model_free(env_id, preset, seed, run_dir)
                 else:
-                    run = run_loop_method(env_id, method.split("-")[1], preset, seed, run_dir)
+                    run = run_loop_method(
+                        env_id,
+                        method.split("-")[1],
+                        preset,
+                        seed,
+                        run_dir,
+                        full_budget=args.full_budget,
+                        resume=args.resume,
+                    )
                 run["seed"] = seed
                 run["steps_to_threshold"] = steps_to_threshold(run["curve"], preset["threshold"])
                 entry["runs"].setdefault(method, []).append(run)

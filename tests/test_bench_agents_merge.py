@@ -114,6 +114,15 @@ def test_the_median_counts_a_seed_that_never_reached_the_threshold_as_slower_tha
             "--rank-only: expected a run directory {work}/CartPole-v1/seed-0/loop-gan, found none",
         ),
         (["--rank-episodes", "0"], "--rank-episodes: expected a positive integer, got 0"),
+        (
+            ["--resume"],
+            "--resume: expected loop methods only (model-free runs cannot be continued), got --methods "
+            "loop-gan loop-ensemble model-free",
+        ),
+        (
+            ["--resume", "--methods", "loop-gan"],
+            "--resume: expected a loop run directory {work}/CartPole-v1/seed-0/loop-gan, found none",
+        ),
     ],
 )
 def test_rank_only_and_rank_episodes_refuse_what_they_cannot_use(tmp_path: Path, flags, expected) -> None:
@@ -176,3 +185,49 @@ def test_model_free_runs_save_a_policy_every_half_evaluation_period(bench, tmp_p
     restored = load_agent(tmp_path / "step-0000006", env.observation_space, env.action_space)
     obs = env.reset(seed=1)[0][None]
     assert restored.act(obs, deterministic=True) == agent.act(obs, deterministic=True)
+
+
+def test_merge_refuses_runs_with_and_without_full_budget(bench) -> None:
+    full = _part(2, 1)
+    full["envs"]["CartPole-v1"]["full_budget"] = True
+    with pytest.raises(SystemExit, match="run both with and without --full-budget"):
+        # the first part predates the flag: its loops stopped at the threshold
+        bench.merge_results([_part(0, 2), full])
+
+
+def test_the_report_names_the_model_that_rated_the_policies(bench) -> None:
+    part = _part(0, 1)
+    ranked = [{"policy": f"p{k}", "real": k, "sim": k} for k in range(3)]
+    part["envs"]["CartPole-v1"]["rank_correlation"] = {
+        "0": {"policies": ranked, "spearman": 1.0, "episodes": 10, "model": "loop-gan/iter-009/model"}
+    }
+    last = bench.markdown(part).splitlines()[-1]
+    assert last.endswith("(10 episodes each); rated in loop-gan/iter-009/model")
+
+
+@pytest.mark.slow
+def test_a_loop_stopped_at_the_threshold_resumes_to_its_full_budget(bench, tmp_path: Path) -> None:
+    """--full-budget --resume: a run that stopped at the threshold goes on to the budget, its first iteration
+    kept as it was (real Ray collection; that a resumed loop gives what an uninterrupted one gives is
+    tests/test_loop.py's)."""
+    preset = {
+        "threshold": -1e9,  # reached by the first iteration
+        "loop": {
+            "iterations": 2,
+            "real_steps_per_iter": 300,  # two Pendulum episodes: one for validation
+            "rollout_horizon": 10,
+            "sim_envs": 8,
+            "agent_steps_per_iter": 300,
+            "eval_episodes": 2,
+        },
+        "model_steps": {"gan": 30},
+        "updates_per_step": 0.25,
+    }
+    stopped = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, tmp_path / "run")
+    assert [steps for steps, _ in stopped["curve"]] == [300]
+    resumed = bench.run_loop_method(
+        "Pendulum-v1", "gan", preset, 0, tmp_path / "run", full_budget=True, resume=True
+    )
+    assert [steps for steps, _ in resumed["curve"]] == [300, 600]
+    assert resumed["curve"][0] == stopped["curve"][0]
+    assert (tmp_path / "run" / "iter-001" / "agent").is_dir()  # the second iteration's agent, to be ranked

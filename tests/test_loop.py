@@ -141,6 +141,16 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
     after = read_progress(run)
     assert after[:2] == before  # finished iterations are kept as they were
     assert [int(r["real_steps"]) for r in after] == [300, 600, 900]
+    # and the resumed iteration is what an uninterrupted run does (agent reloaded from its saved weights; the
+    # optimisers and the replay buffer start afresh every iteration either way)
+    whole = simgan(
+        "loop", *TINY, "--iterations", "3", "--workers", "0", "--out", str(tmp_path / "whole"), "--seed", "1"
+    )
+    assert whole.returncode == 0, whole.stderr
+    returns = ("eval_return_mean", "eval_return_std", "sim_return_mean")
+    assert [[r[k] for k in returns] for r in read_progress(tmp_path / "whole")] == [
+        [r[k] for k in returns] for r in after
+    ]
     assert (run / "iter-002" / "done.json").is_file()
     from simgan.forecast_calibration import is_forecast_calibrated
 
