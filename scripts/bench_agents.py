@@ -494,6 +494,12 @@ def main() -> None:
         )
 
     work = Path(args.work_dir)
+    for env_id in args.envs if args.resume else []:  # every run to continue is there before any of them runs
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            for method in args.methods:
+                run_dir = work / env_id / f"seed-{seed}" / method
+                if not (run_dir / "loop.json").is_file():
+                    raise SystemExit(f"--resume: expected a loop run directory {run_dir}, found none")
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
         "seeds": args.seeds,
@@ -517,8 +523,6 @@ def main() -> None:
                 raise SystemExit(f"--rank-only: expected a run directory {seed_dir / 'loop-gan'}, found none")
             for method in [] if args.rank_only else args.methods:
                 run_dir = seed_dir / method
-                if args.resume and not (run_dir / "loop.json").is_file():
-                    raise SystemExit(f"--resume: expected a loop run directory {run_dir}, found none")
                 if not args.resume:
                     shutil.rmtree(run_dir, ignore_errors=True)
                 run_dir.mkdir(parents=True, exist_ok=True)
