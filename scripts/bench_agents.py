@@ -425,6 +425,21 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     print(markdown(results))
 
 
+def require_run_directories(args: argparse.Namespace, work: Path) -> None:
+    """SystemExit naming the first run directory that ``--rank-only`` (the GAN loop's, to rank in) or
+    ``--resume`` (each method's loop run, to continue) needs and WORK lacks, before any seed runs."""
+    for env_id in args.envs:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            seed_dir = work / env_id / f"seed-{seed}"
+            if args.rank_only and not (seed_dir / "loop-gan").is_dir():
+                raise SystemExit(f"--rank-only: expected a run directory {seed_dir / 'loop-gan'}, found none")
+            for method in args.methods if args.resume else []:
+                if not (seed_dir / method / "loop.json").is_file():
+                    raise SystemExit(
+                        f"--resume: expected a loop run directory {seed_dir / method}, found none"
+                    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -494,12 +509,7 @@ def main() -> None:
         )
 
     work = Path(args.work_dir)
-    for env_id in args.envs if args.resume else []:  # every run to continue is there before any of them runs
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            for method in args.methods:
-                run_dir = work / env_id / f"seed-{seed}" / method
-                if not (run_dir / "loop.json").is_file():
-                    raise SystemExit(f"--resume: expected a loop run directory {run_dir}, found none")
+    require_run_directories(args, work)
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
         "seeds": args.seeds,
@@ -519,8 +529,6 @@ def main() -> None:
         results["envs"][env_id] = entry
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             seed_dir = work / env_id / f"seed-{seed}"
-            if args.rank_only and not (seed_dir / "loop-gan").is_dir():
-                raise SystemExit(f"--rank-only: expected a run directory {seed_dir / 'loop-gan'}, found none")
             for method in [] if args.rank_only else args.methods:
                 run_dir = seed_dir / method
                 if not args.resume:
