@@ -124,7 +124,8 @@ def train_pair(
 ) -> dict[str, Any]:
     """Train both models with one seed (the ensemble only when ``ensemble``, its stored result, is None);
     returns {model: {"metrics", "train_s", "model"}}."""
-    from simgan.ensemble import EnsembleConfig, train_ensemble
+    from simgan.ensemble import EnsembleConfig
+    from simgan.ensemble_training import train_ensemble
     from simgan.metrics import evaluate_model
     from simgan.train_config import TrainConfig
     from simgan.training import train

@@ -30,7 +30,8 @@ import torch
 
 import envs
 import simgan
-from simgan.ensemble import EnsembleConfig, train_ensemble
+from simgan.ensemble import EnsembleConfig
+from simgan.ensemble_training import train_ensemble
 from simgan.fsutil import atomic_write_json
 from simgan.training import TrainConfig
 

@@ -7,7 +7,7 @@ resample of the training split, the loss is the Gaussian NLL (plus BCE for termi
 softplus-bounded between learned ``min_logvar`` / ``max_logvar`` (with a small penalty pulling the bounds
 together). After training, the ``elites`` members with the lowest validation MSE are kept for prediction.
 This module holds the model and its config; the training loop, :func:`train_ensemble`, is in
-:mod:`simgan.ensemble_training` (importable from here too).
+:mod:`simgan.ensemble_training`.
 
 WorldModel interface (see :mod:`simgan.world_model`), T = obs_dim + 1 target dimensions:
 
@@ -390,15 +390,4 @@ class GaussianEnsemble(CalibratedRealism, nn.Module):
         return model.to(device).eval()
 
 
-def __getattr__(name: str) -> Any:
-    # Training lives in simgan.ensemble_training (it imports this module); this keeps
-    # `from simgan.ensemble import train_ensemble` (and split_for_training) working.
-    if name in ("split_for_training", "train_ensemble"):
-        from simgan import ensemble_training
-
-        return getattr(ensemble_training, name)
-    raise AttributeError(f"module 'simgan.ensemble' has no attribute {name!r}")
-
-
-# split_for_training and train_ensemble come from simgan.ensemble_training, through __getattr__ above
-__all__ = ["EnsembleConfig", "EnsembleError", "GaussianEnsemble", "split_for_training", "train_ensemble"]  # noqa: F822
+__all__ = ["EnsembleConfig", "EnsembleError", "GaussianEnsemble"]

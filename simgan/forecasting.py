@@ -9,8 +9,8 @@ All B x N branches advance together in one batched model step (in chunks bounded
 model's device. A branch that terminates stops: later steps repeat its final state, add no reward, and are left
 out of every per-step statistic (``alive`` marks the live steps).
 
-Fan charts and printable summaries (:func:`fan_chart`, :func:`summary_table`, :func:`dumps_summary`) are in
-:mod:`simgan.forecast_report` (which imports this module); they stay importable from here too.
+Fan charts and printable summaries (``fan_chart``, ``summary_table``, ``dumps_summary``) are in
+:mod:`simgan.forecast_report`, which imports this module.
 """
 
 from __future__ import annotations
@@ -396,13 +396,3 @@ def _allocate(
         "alive": np.zeros((batch, samples, horizon), bool),
         "realism": np.full((batch, samples, horizon), np.nan, np.float32),
     }
-
-
-def __getattr__(name: str) -> Any:
-    # The presentation moved to simgan.forecast_report (it imports this module); this keeps
-    # `from simgan.forecasting import fan_chart` (and summary_table, dumps_summary) working.
-    if name in ("dumps_summary", "fan_chart", "summary_table"):
-        from simgan import forecast_report
-
-        return getattr(forecast_report, name)
-    raise AttributeError(f"module 'simgan.forecasting' has no attribute {name!r}")
