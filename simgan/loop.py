@@ -391,7 +391,8 @@ def run_loop(
         address: Ray cluster address (else ``RAY_ADDRESS``, else an embedded local cluster for ``workers >= 1``).
         progress: progress bars of collection and training.
         log: where one-line iteration summaries go.
-        stop_at_return: stop early once the mean real return reaches this value (benchmarks).
+        stop_at_return: stop early once the mean real return reaches this value (benchmarks); a resumed run
+            whose finished iterations already reached it runs no more.
         agent_params: JSON-able description of the agent (algorithm, hyperparameters), stored in ``loop.json``
             and checked on resume like the config.
 
@@ -407,6 +408,8 @@ def run_loop(
     out = Path(out)
     records = _prepare(out, config, dict(agent_params or {}), resume)
     start = len(records)
+    reached = stop_at_return is not None and any(r["eval_return_mean"] >= stop_at_return for r in records)
+    end = start if reached else config.iterations
     if start:
         agent.restore(iteration_dir(out, start - 1) / "agent")
         log(f"resuming after iteration {start - 1} ({records[-1]['real_steps']} real steps)")
@@ -418,7 +421,7 @@ def run_loop(
     writer = SummaryWriter(str(out / "tb"), purge_step=purge)
     ray_started = _maybe_init_ray(config.workers, address)
     try:
-        for i in range(start, config.iterations):
+        for i in range(start, end):
             t0 = time.perf_counter()
             it_dir = iteration_dir(out, i)
             it_dir.mkdir(parents=True)

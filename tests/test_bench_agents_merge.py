@@ -225,6 +225,9 @@ def test_a_loop_stopped_at_the_threshold_resumes_to_its_full_budget(bench, tmp_p
     }
     stopped = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, tmp_path / "run")
     assert [steps for steps, _ in stopped["curve"]] == [300]
+    again = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, tmp_path / "run", resume=True)
+    assert again["curve"] == stopped["curve"]  # resumed without --full-budget: the threshold was reached
+    assert not (tmp_path / "run" / "iter-001").exists()
     resumed = bench.run_loop_method(
         "Pendulum-v1", "gan", preset, 0, tmp_path / "run", full_budget=True, resume=True
     )
