@@ -35,7 +35,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -101,6 +101,13 @@ class LoopConfig:
             "so more cut episodes short (1: episodes run to their natural end)"
         },
     )
+    halt_unknown: bool = field(
+        default=False,
+        metadata={
+            "help": "learned-env steps that leave the data's support end as terminated, not truncated "
+            "(MOReL's pessimistic HALT: the agent learns to stay where the model is known; for rewards > 0)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "base seed (collection, model, agent, evaluation)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
@@ -124,6 +131,8 @@ class LoopConfig:
                 f"eval_episodes >= 1, workers >= 0, seed >= 0: got {self.eval_episodes}, {self.workers}, "
                 f"{self.seed}"
             )
+        if not isinstance(self.halt_unknown, bool):
+            raise LoopError(f"halt_unknown: expected a bool, got {self.halt_unknown!r}")
         if self.model not in ("gan", "ensemble"):
             raise LoopError(f"model: expected 'gan' or 'ensemble', got {self.model!r}")
 
@@ -181,10 +190,16 @@ class SimContext:
                 initial_states=self.start_states,
                 max_episode_steps=horizon,
                 compute_realism=False,
+                halt_unknown=self.config.halt_unknown,
                 seed=self.seed,
             )
         return SimVectorEnv(
-            self.model, num_envs, max_episode_steps=max_episode_steps, compute_realism=False, seed=self.seed
+            self.model,
+            num_envs,
+            max_episode_steps=max_episode_steps,
+            compute_realism=False,
+            halt_unknown=self.config.halt_unknown,
+            seed=self.seed,
         )
 
 
@@ -296,7 +311,8 @@ def _prepare(
         stored_path = out / PARAMS_NAME
         if not stored_path.is_file():
             raise LoopError(f"{out}: cannot resume, expected {PARAMS_NAME} (written when a loop run starts)")
-        stored = json.loads(stored_path.read_text())
+        # a parameter added after the run started is stored as its default (what the run did)
+        stored = {**{f.name: f.default for f in fields(LoopConfig)}, **json.loads(stored_path.read_text())}
         diff = {k: (stored.get(k), v) for k, v in params.items() if stored.get(k) != v}
         if diff:
             detail = ", ".join(f"{k}: stored {a!r}, requested {b!r}" for k, (a, b) in sorted(diff.items()))

@@ -5,8 +5,8 @@ Per step, on the model's device (B sub-envs, D = obs_dim)::
     noise (B x noise_dim) -> model.sample_with_realism(obs, action, noise)   (model.sample when realism is off)
                           -> next_obs, reward, terminated, realism (the model judges its own transition)
     reward_fn / termination_fn replace the learned ones when given
-    realism below realism_threshold         -> info["unrealistic"], truncated
-    next_obs outside the data range +margin -> info["out_of_support"], truncated
+    realism below realism_threshold         -> info["unrealistic"], truncated (terminated with halt_unknown)
+    next_obs outside the data range +margin -> info["out_of_support"], truncated (terminated with halt_unknown)
     non-finite model output                 -> info["non_finite"], truncated, last finite obs kept
     step count reaches max_episode_steps    -> truncated
 
@@ -106,6 +106,7 @@ class BatchSimulator:
         support_margin: float,
         compute_realism: bool,
         precision: str = "float32",
+        halt_unknown: bool = False,
     ) -> None:
         info = model.info
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
@@ -124,6 +125,8 @@ class BatchSimulator:
             )
         if not float(support_margin) >= 0.0:
             raise ValueError(f"support_margin: expected a float >= 0, got {support_margin!r}")
+        if not isinstance(halt_unknown, (bool, np.bool_)):
+            raise ValueError(f"halt_unknown: expected a bool, got {halt_unknown!r}")
         self.model = model
         self.device = model.device
         self.num_envs = int(num_envs)
@@ -134,6 +137,7 @@ class BatchSimulator:
         self.reward_fn, self.termination_fn = reward_fn, termination_fn
         self.realism_threshold = None if realism_threshold is None else float(realism_threshold)
         self.compute_realism = compute_realism
+        self.halt_unknown = bool(halt_unknown)
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
         # bfloat16: the model's matmuls run under torch.autocast (approximate, much faster on CPUs with
@@ -337,7 +341,12 @@ class BatchSimulator:
         else:
             unrealistic = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         self.steps = self.steps + 1
-        truncated = ~finite | unrealistic | out_of_support
+        unknown = unrealistic | out_of_support
+        if self.halt_unknown:  # MOReL's HALT: no future beyond a transition the model does not know
+            terminated = terminated | unknown
+            truncated = ~finite
+        else:  # bootstrapped from by agents that tell truncation from termination
+            truncated = ~finite | unknown
         if self.max_episode_steps is not None:
             truncated = truncated | (self.steps >= self.max_episode_steps)
         self.obs = self.obs_clamp(next_obs)

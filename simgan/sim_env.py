@@ -55,6 +55,12 @@ class SimEnv(gym.Env[np.ndarray, Any]):
             ``info["unrealistic"]``). ``None``: never.
         support_margin: next states outside [state_low - m, state_high + m] (m = margin x data range, per
             dimension) are truncated with ``info["out_of_support"]``.
+        halt_unknown: end the episode as *terminated* instead of truncated when a transition is out of support
+            or unrealistic (MOReL's pessimistic HALT). Agents bootstrap a truncated episode from its last state's
+            value, so by default leaving the model's data costs nothing; halted, it costs the episode's future,
+            and an agent trained here learns to stay where the model is known. Pessimistic where rewards are
+            positive (alive bonuses: CartPole, InvertedPendulum, Hopper); where they are negative (Pendulum)
+            ending early is a gain, so leave it off there.
         compute_realism: call ``model.realism`` each step (``info["realism"]``); off saves the discriminator pass.
         precision: ``"float32"`` or ``"bfloat16"``: run the model's matmuls under ``torch.autocast`` (opt-in,
             approximate: several times faster on CPUs with AVX512-BF16/AMX and on GPUs; outputs stay float32).
@@ -80,6 +86,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         support_margin: float = 0.1,
         compute_realism: bool = True,
         precision: str = "float32",
+        halt_unknown: bool = False,
         seed: int | None = None,
     ) -> None:
         self.model = resolve_model(model, device)
@@ -97,6 +104,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
             support_margin=support_margin,
             compute_realism=compute_realism,
             precision=precision,
+            halt_unknown=halt_unknown,
         )
         self.max_episode_steps = self.sim.max_episode_steps
         self._needs_reset = True

@@ -112,6 +112,14 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
         "loop", *TINY, "--iterations", "3", "--out", str(run), "--seed", "1", "--algo", "ppo", "--resume"
     )
     assert other.returncode == 2 and "agent.algo: stored 'sac', requested 'ppo'" in other.stderr
+    other = simgan(
+        "loop", *TINY, "--iterations", "3", "--out", str(run), "--seed", "1", "--halt-unknown", "--resume"
+    )
+    assert other.returncode == 2 and "halt_unknown: stored False, requested True" in other.stderr
+    # a run started before a parameter existed did what its default does, and resumes
+    params = json.loads((run / "loop.json").read_text())
+    del params["halt_unknown"]
+    (run / "loop.json").write_text(json.dumps(params))
 
     # killed while calibrating the last model: resuming with nothing left to run calibrates it
     model_json = run / "iter-001" / "model" / "model.json"
@@ -213,8 +221,31 @@ def test_loop_config_validates() -> None:
         LoopConfig(env_id="Pendulum-v1", model="vae")  # type: ignore[arg-type]
     with pytest.raises(LoopError, match="collect_envs: expected an integer >= 1, got 0"):
         LoopConfig(env_id="Pendulum-v1", collect_envs=0)
+    with pytest.raises(LoopError, match="halt_unknown: expected a bool, got 1"):
+        LoopConfig(env_id="Pendulum-v1", halt_unknown=1)  # type: ignore[arg-type]
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(0) == 50
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(1) == 1000
+
+
+@pytest.mark.parametrize("halt", [False, True])
+def test_the_agents_learned_envs_halt_unknown_states_as_configured(halt: bool, tmp_path: Path) -> None:
+    from worldmodels import LinearModel
+
+    from simgan.loop import LoopConfig, SimContext
+
+    config = LoopConfig(env_id="Pendulum-v1", halt_unknown=halt, rollout_horizon=7)
+    context = SimContext(
+        model=LinearModel(),
+        model_dir=tmp_path,
+        start_states=np.zeros((5, 3), dtype=np.float32),
+        config=config,
+        iteration=0,
+        seed=0,
+        log_dir=tmp_path,
+    )
+    for env in (context.make_env(4), context.make_env(4, branched=False)):
+        assert env.sim.halt_unknown is halt
+    assert context.make_env(4).max_episode_steps == 7
 
 
 def test_merge_datasets_keeps_episodes_apart(tmp_path: Path) -> None:

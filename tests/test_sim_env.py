@@ -194,6 +194,27 @@ def test_out_of_support_states_truncate_and_are_counted():
     assert env.get_stats()["out_of_support"] == 1
 
 
+def test_halt_unknown_ends_unknown_transitions_as_terminated():
+    # the out-of-support step of the test above, and an unrealistic one, halted instead of truncated
+    env = SimEnv(LinearModel(), halt_unknown=True, realism_threshold=0.01, max_episode_steps=2)
+    env.reset(options={"state": np.array([0, 2.35, 0], dtype=np.float32), "noise": np.zeros(3)})
+    _, _, terminated, truncated, info = env.step(np.array([0, 1], dtype=np.float32))
+    assert info["out_of_support"] and terminated and not truncated
+    env.reset(options={"state": np.zeros(3, dtype=np.float32), "noise": np.full(3, 4.0)})
+    _, _, terminated, truncated, info = env.step(np.zeros(2, dtype=np.float32))
+    assert info["unrealistic"] and terminated and not truncated
+    # known transitions are untouched: the time limit still truncates, the model's termination still ends
+    env.reset(options={"state": np.zeros(3, dtype=np.float32), "noise": np.full(3, 0.5)})
+    steps = [env.step(np.zeros(2, dtype=np.float32))[2:4] for _ in range(2)]
+    assert steps == [(False, False), (False, True)]
+    env.reset(options={"state": np.array([1.95, 0, 0], dtype=np.float32), "noise": np.zeros(3)})
+    assert env.step(np.array([1.0, 0.0], dtype=np.float32))[2:4] == (True, False)  # |2.05| > 2
+    # non-finite output stays a truncation (an error, not a state)
+    poisoned = SimEnv(PoisonedModel("nan_obs", poison_above=0.5), halt_unknown=True)
+    poisoned.reset(options={"state": np.array([0.1, 0.2, 0.9], dtype=np.float32)})
+    assert poisoned.step(np.zeros(2, dtype=np.float32))[2:4] == (False, True)
+
+
 @pytest.mark.parametrize("kind", ["nan_obs", "inf_obs", "nan_reward"])
 def test_non_finite_model_output_never_reaches_the_agent(kind):
     env = SimEnv(PoisonedModel(kind, poison_above=0.5))
@@ -278,6 +299,8 @@ def test_bad_constructor_arguments():
         SimEnv(LinearModel(), initial_states=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="max_episode_steps"):
         SimEnv(LinearModel(), max_episode_steps=0)
+    with pytest.raises(ValueError, match="halt_unknown: expected a bool, got 'yes'"):
+        SimEnv(LinearModel(), halt_unknown="yes")
 
 
 def test_bad_actions_raise_even_under_python_O():
@@ -351,6 +374,18 @@ def test_gan_from_a_model_directory_passes_check_env(gan_dir):
         for _ in range(5):
             obs, reward, _, _, info = env.step(env.action_space.sample())
             assert obs in env.observation_space and np.isfinite(reward) and 0.0 <= info["realism"] <= 1.0
+
+
+@pytest.mark.parametrize("num_envs", [1, 4])
+def test_agent_train_sim_passes_halt_unknown_to_the_learned_env(gan_dir, num_envs):
+    import argparse
+
+    from simgan.cli.agent import make_training_env
+
+    for halt in (False, True):
+        args = argparse.Namespace(env=None, sim=str(gan_dir), num_envs=num_envs, halt_unknown=halt)
+        env = make_training_env(args, torch.device("cpu"))
+        assert env.unwrapped.sim.halt_unknown is halt
 
 
 def test_gan_env_is_seeded_bit_for_bit(gan_dir):

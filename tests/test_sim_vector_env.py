@@ -140,6 +140,25 @@ def test_non_finite_sub_envs_are_truncated_and_the_rest_continue():
     assert envs.stats["non_finite"] == 2
 
 
+def test_halt_unknown_terminates_only_the_sub_envs_that_leave_support():
+    # support is [-2.4, 2.4] per dimension (tests/worldmodels.py); sub-env 1 steps to 2.45
+    states = np.array([[0, 0, 0], [0, 2.35, 0], [0, 1.0, 0]], dtype=np.float32)
+    action = np.array([[0, 0], [0, 1], [0, 0]], dtype=np.float32)
+    ends = {}
+    for halt in (False, True):
+        envs = SimVectorEnv(LinearModel(), num_envs=3, halt_unknown=halt)
+        envs.reset(options={"state": states, "noise": np.zeros(3)})
+        obs, rewards, terminations, truncations, infos = envs.step(action)
+        np.testing.assert_array_equal(infos["out_of_support"], [False, True, False])
+        ends[halt] = (obs, rewards, terminations, truncations)
+    np.testing.assert_array_equal(ends[False][2], [False, False, False])
+    np.testing.assert_array_equal(ends[False][3], [False, True, False])
+    np.testing.assert_array_equal(ends[True][2], [False, True, False])
+    np.testing.assert_array_equal(ends[True][3], [False, False, False])
+    np.testing.assert_array_equal(ends[True][0], ends[False][0])  # only how the episode ends differs
+    np.testing.assert_array_equal(ends[True][1], ends[False][1])
+
+
 def test_bad_actions_raise_value_error():
     envs = SimVectorEnv(LinearModel(), num_envs=4, seed=0)
     with pytest.raises(gym.error.ResetNeeded):

@@ -70,6 +70,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "--learning-starts", type=int, help="SAC: random-action transitions first (default 1000)"
     )
     train.add_argument(
+        "--halt-unknown",
+        action="store_true",
+        help="--sim: steps that leave the model's data end as terminated, not truncated (MOReL's pessimistic "
+        "HALT; for envs whose rewards are > 0)",
+    )
+    train.add_argument(
         "--eval-episodes",
         type=int,
         default=10,
@@ -108,14 +114,13 @@ def make_training_env(args: argparse.Namespace, device: Any) -> Any:
             raise AgentCLIError(f"--sim needs the learned env {SIM_ENV_ID!r}, which is not registered")
         if not Path(args.sim).is_dir():
             raise AgentCLIError(f"--sim: expected a model directory, got {args.sim!r} (no such directory)")
+        kwargs = {"model": args.sim, "device": str(device)}
+        if getattr(args, "halt_unknown", False):
+            kwargs["halt_unknown"] = True
         if args.num_envs == 1:
-            return gym.make(SIM_ENV_ID, model=args.sim, device=str(device))
+            return gym.make(SIM_ENV_ID, **kwargs)
         return gym.make_vec(
-            SIM_ENV_ID,
-            num_envs=args.num_envs,
-            vectorization_mode="vector_entry_point",
-            model=args.sim,
-            device=str(device),
+            SIM_ENV_ID, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **kwargs
         )
     from envs import make_env
 
@@ -136,6 +141,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise AgentCLIError(f"--steps: expected >= 1, got {args.steps}")
+    if args.halt_unknown and args.sim is None:
+        raise AgentCLIError(f"--halt-unknown: expected --sim (a learned env), got --env {args.env}")
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(
@@ -162,6 +169,7 @@ def _train(args: argparse.Namespace) -> int:
         "sim": args.sim,
         "num_envs": args.num_envs,
         "steps": args.steps,
+        "halt_unknown": args.halt_unknown,
     }
     if args.eval_episodes > 0:
         evaluation = evaluate_policy(agent, env, episodes=args.eval_episodes, seed=args.seed + 10_000)
