@@ -182,20 +182,12 @@ class SimContext:
         """
         from simgan.sim_vector_env import SimVectorEnv
 
-        if branched:
-            horizon = self.config.rollout_horizon if max_episode_steps is None else max_episode_steps
-            return SimVectorEnv(
-                self.model,
-                num_envs,
-                initial_states=self.start_states,
-                max_episode_steps=horizon,
-                compute_realism=False,
-                halt_unknown=self.config.halt_unknown,
-                seed=self.seed,
-            )
+        if branched and max_episode_steps is None:
+            max_episode_steps = self.config.rollout_horizon
         return SimVectorEnv(
             self.model,
             num_envs,
+            initial_states=self.start_states if branched else "dataset",
             max_episode_steps=max_episode_steps,
             compute_realism=False,
             halt_unknown=self.config.halt_unknown,

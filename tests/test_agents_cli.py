@@ -104,10 +104,8 @@ def test_train_sac_pendulum_and_errors(tmp_path):
     done = simgan(
         "train", "--algo", "sac", "--env", "Pendulum-v1", "--halt-unknown", "--steps", "10", "--out", str(out)
     )
-    assert (
-        done.returncode == 2
-        and "--halt-unknown: expected --sim (a learned env), got --env Pendulum-v1" in (done.stderr)
-    )
+    assert done.returncode == 2
+    assert "--halt-unknown: expected --sim (a learned env), got --env Pendulum-v1" in done.stderr
 
     done = simgan("train", "--algo", "sac", "--env", "Pendulum-v2", "--steps", "10", "--out", str(out))
     assert done.returncode == 2 and "`v1`" in done.stderr  # gymnasium's "did you mean" (v1 exists)

@@ -114,9 +114,12 @@ def make_training_env(args: argparse.Namespace, device: Any) -> Any:
             raise AgentCLIError(f"--sim needs the learned env {SIM_ENV_ID!r}, which is not registered")
         if not Path(args.sim).is_dir():
             raise AgentCLIError(f"--sim: expected a model directory, got {args.sim!r} (no such directory)")
-        kwargs = {"model": args.sim, "device": str(device)}
-        if getattr(args, "halt_unknown", False):
-            kwargs["halt_unknown"] = True
+        # eval's namespace has no --halt-unknown: its returns are the same either way
+        kwargs = {
+            "model": args.sim,
+            "device": str(device),
+            "halt_unknown": getattr(args, "halt_unknown", False),
+        }
         if args.num_envs == 1:
             return gym.make(SIM_ENV_ID, **kwargs)
         return gym.make_vec(
