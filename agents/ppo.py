@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,10 +291,11 @@ def train_ppo(
     device: str | torch.device = "cpu",
     log_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    callback: Callable[[PPOAgent, int], None] | None = None,
 ) -> TrainResult:
     """Train PPO on ``env`` (a single env or a VectorEnv) for about ``config.total_steps`` env steps.
 
-    Args: as :func:`agents.sac.train_sac`.
+    Args: as :func:`agents.sac.train_sac`; ``callback(agent, env_steps)`` is called after every PPO update.
     """
     envs = as_vector_env(env)
     mode = autoreset_mode(envs)
@@ -440,6 +442,8 @@ def train_ppo(
             for name, value in stats.items():
                 writer.add_scalar(f"losses/{name}", value, global_step)
             writer.add_scalar("charts/SPS", global_step / max(time.perf_counter() - start, 1e-9), global_step)
+        if callback is not None:
+            callback(agent, global_step)
     bar.close()
     if writer is not None:
         writer.close()

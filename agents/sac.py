@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,7 @@ def train_sac(
     device: str | torch.device = "cpu",
     log_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    callback: Callable[[SACAgent, int], None] | None = None,
 ) -> TrainResult:
     """Train SAC on ``env`` for ``config.total_steps`` transitions.
 
@@ -388,6 +390,8 @@ def train_sac(
         device: where networks and the replay buffer live (ignored when ``agent`` is given).
         log_dir: TensorBoard directory (``charts/``, ``losses/`` and a hyperparameter table), or None.
         progress: show a tqdm progress bar.
+        callback: called as ``callback(agent, env_steps)`` after every env step (with the updates it paid for), e.g.
+            to evaluate snapshots; it must not change the agent.
     """
     envs = as_vector_env(env)
     mode = autoreset_mode(envs)
@@ -478,6 +482,8 @@ def train_sac(
                             writer.add_scalar(f"losses/{name}", value, global_step)
                         sps = global_step / max(time.perf_counter() - start, 1e-9)
                         writer.add_scalar("charts/SPS", sps, global_step)
+        if callback is not None:
+            callback(agent, global_step)
         bar.update(n_new)
         if tracker.returns and n_new:
             bar.set_postfix(ret=f"{np.mean(tracker.returns[-10:]):.1f}", refresh=False)

@@ -135,6 +135,26 @@ def test_same_seed_same_learning_curve_and_continuous_training():
     assert len(a.episode_returns) == 2 and a.agent.obs_rms.count > 500
 
 
+def test_callback_sees_the_training_agent_after_every_update_and_changes_nothing():
+    """``callback(agent, env_steps)`` runs after each of the 4 updates with the env steps so far (the steps each
+    update logs: reset steps are not counted); a callback that only
+    reads (here: acts deterministically with the agent, as snapshot selection does) leaves the run bit for bit
+    the same as without it."""
+    config = PPOConfig(total_steps=512, num_steps=128, normalize_obs=True, seed=3)
+    calls = []
+
+    def look(agent, steps):
+        calls.append((agent, steps))
+        agent.act(np.zeros(4, np.float32), deterministic=True)
+
+    plain = train_ppo(gym.make("CartPole-v1"), config, progress=False)
+    watched = train_ppo(gym.make("CartPole-v1"), config, progress=False, callback=look)
+    assert [steps for _, steps in calls] == [loss["step"] for loss in plain.losses]
+    assert len(calls) == 4 and 3 * 128 < calls[-1][1] <= 512
+    assert all(agent is watched.agent for agent, _ in calls)
+    assert watched.losses == plain.losses and watched.episode_returns == plain.episode_returns
+
+
 def test_tensorboard_logging(tmp_path):
     train_ppo(
         gym.make("CartPole-v1"), PPOConfig(total_steps=256, num_steps=128), log_dir=tmp_path, progress=False

@@ -132,6 +132,25 @@ def test_same_seed_same_learning_curve():
     assert a.losses != c.losses
 
 
+def test_callback_runs_after_every_env_step_and_changes_nothing():
+    """``callback(agent, env_steps)`` runs after every env step (and the updates it paid for); a callback that only
+    acts deterministically leaves the run bit for bit the same."""
+    config = SACConfig(
+        total_steps=150, learning_starts=100, batch_size=32, hidden_size=16, log_every=5, seed=2
+    )
+    calls = []
+
+    def look(agent, steps):
+        calls.append((agent, steps))
+        agent.act(np.zeros(3, np.float32), deterministic=True)
+
+    plain = train_sac(gym.make("Pendulum-v1"), config, progress=False)
+    watched = train_sac(gym.make("Pendulum-v1"), config, progress=False, callback=look)
+    assert [steps for _, steps in calls] == list(range(1, 151))
+    assert all(agent is watched.agent for agent, _ in calls)
+    assert watched.losses == plain.losses
+
+
 def test_tensorboard_logging(tmp_path):
     config = SACConfig(total_steps=220, learning_starts=180, batch_size=32, hidden_size=16, log_every=10)
     train_sac(gym.make("Pendulum-v1"), config, log_dir=tmp_path / "tb", progress=False)
