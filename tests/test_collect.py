@@ -295,7 +295,7 @@ RAY_KWARGS = {"steps": 160_001, "workers": 2, "seed": 7, "chunk_steps": 4_000, "
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a running one
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
