@@ -390,8 +390,9 @@ def train_sac(
         device: where networks and the replay buffer live (ignored when ``agent`` is given).
         log_dir: TensorBoard directory (``charts/``, ``losses/`` and a hyperparameter table), or None.
         progress: show a tqdm progress bar.
-        callback: called as ``callback(agent, env_steps)`` after every env step (with the updates it paid for), e.g.
-            to evaluate snapshots; it must not change the agent.
+        callback: called as ``callback(agent, env_steps)`` after every step of the (vector) env and the updates it
+            paid for, ``env_steps`` counting transitions so far; e.g. to score snapshots. It must not change the
+            agent.
     """
     envs = as_vector_env(env)
     mode = autoreset_mode(envs)
