@@ -137,9 +137,8 @@ def test_same_seed_same_learning_curve_and_continuous_training():
 
 def test_callback_sees_the_training_agent_after_every_update_and_changes_nothing():
     """``callback(agent, env_steps)`` runs after each of the 4 updates with the env steps so far (the steps each
-    update logs: reset steps are not counted); a callback that only
-    reads (here: acts deterministically with the agent, as snapshot selection does) leaves the run bit for bit
-    the same as without it."""
+    update logs: reset steps are not counted); a callback that only reads (here: acts deterministically with the
+    agent, as snapshot selection does) leaves the run bit for bit the same as without it."""
     config = PPOConfig(total_steps=512, num_steps=128, normalize_obs=True, seed=3)
     calls = []
 
