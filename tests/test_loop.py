@@ -321,3 +321,103 @@ def test_collect_policy_errors_are_clear(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# simgan loop --algo mpc: the saved planner is a policy like an agent
+# ---------------------------------------------------------------------------------------------------------------
+
+MPC_TINY = [
+    *TINY, "--algo", "mpc", "--mpc-horizon", "3", "--mpc-population", "8", "--workers", "0", "--eval-episodes", "1",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mpc_loop_saves_a_planner_that_every_policy_flag_takes(tmp_path: Path) -> None:
+    """The loop plans with CEM in each iteration's model; its saved planner (settings + the model, relative to
+    the planner's directory) collects the next iteration's data (as ``collect --policy`` does), resumes the run,
+    and is taken by ``agent eval --agent`` and ``forecast --policy``, from wherever the run directory is moved."""
+    import shutil
+
+    import gymnasium as gym
+
+    from agents import SpaceMismatchError
+    from simgan.cli.policies import load_policy, planner_settings, read_planner
+
+    run = tmp_path / "mpc"
+    result = simgan("loop", *MPC_TINY, "--iterations", "1", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((run / "iter-000" / "agent" / "mpc.json").read_text())
+    assert stored["model"] == "../model" and stored["format"] == 1
+    assert stored["planner"] == planner_settings(horizon=3, population=8, seed=0)
+
+    moved = tmp_path / "elsewhere" / "mpc"
+    shutil.move(str(run), str(moved))
+    planner = moved / "iter-000" / "agent"
+    assert read_planner(planner)[0].resolve() == (moved / "iter-000" / "model").resolve()
+    resumed = simgan("loop", *MPC_TINY, "--iterations", "2", "--out", str(moved), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [int(r["real_steps"]) for r in read_progress(moved)] == [300, 600]
+    manifest = json.loads((moved / "iter-001" / "data" / "manifest.json").read_text())
+    assert "SavedAgentPolicy" in manifest["policy"]  # iteration 1 collected with iteration 0's planner
+
+    # the same settings and seed plan the same actions, loaded twice
+    env = gym.make("Pendulum-v1")
+    obs = np.array([[0.6, 0.8, 0.5], [-1.0, 0.0, 0.0]], np.float32)
+    first, second = (load_policy(planner, env.observation_space, env.action_space) for _ in range(2))
+    actions = first.act(obs)
+    assert actions.shape == (2, 1) and np.all(np.abs(actions) <= 2.0)
+    np.testing.assert_array_equal(actions, second.act(obs))
+    cartpole = gym.make("CartPole-v1")
+    with pytest.raises(SpaceMismatchError, match=r"the planner's model .* was trained for observation space"):
+        load_policy(planner, cartpole.observation_space, cartpole.action_space)
+
+    evaluated = simgan("agent", "eval", "--agent", str(planner), "--env", "Pendulum-v1", "--episodes", "1")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "mean return" in evaluated.stdout and "over 1 episodes" in evaluated.stdout
+    forecast = simgan(
+        "forecast", "--model", str(moved / "iter-001" / "model"), "--state", "[1, 0, 0]", "--horizon", "3",
+        "--samples", "4", "--policy", str(planner), "--out", str(tmp_path / "fc"),
+    )  # fmt: skip
+    assert forecast.returncode == 0, forecast.stderr
+    assert (tmp_path / "fc" / "forecast.npz").is_file()
+
+
+def test_planner_files_are_checked_and_old_ones_still_load(tmp_path: Path) -> None:
+    import simgan
+    from simgan.cli.policies import PlannerLoadError, load_policy, planner_settings, save_planner
+
+    data = simgan.collect("Pendulum-v1", steps=300, workers=0, out=tmp_path / "data", seed=0, progress=False)
+    config = simgan.TrainConfig(steps=20, eval_every=20, figures=False, device="cpu")
+    simgan.train(data, tmp_path / "model", config, progress=False)
+    planner = tmp_path / "planner"
+    save_planner(planner, tmp_path / "model", planner_settings(horizon=2, population=4, seed=1))
+    assert load_policy(planner).population == 4
+
+    # a planner saved before the format had a number: its model path as given, three settings
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "mpc.json").write_text(
+        json.dumps(
+            {
+                "algo": "mpc",
+                "model_dir": str(tmp_path / "model"),
+                "planner": {"horizon": 2, "population": 4, "seed": 1},
+            }
+        )
+    )
+    obs = np.array([0.6, 0.8, 0.5], np.float32)
+    np.testing.assert_array_equal(load_policy(old).act(obs), load_policy(planner).act(obs))
+
+    def refused(stored: object, message: str) -> None:
+        (planner / "mpc.json").write_text(stored if isinstance(stored, str) else json.dumps(stored))
+        with pytest.raises(PlannerLoadError, match=message):
+            load_policy(planner)
+
+    good = json.loads((planner / "mpc.json").read_text())
+    refused("{not json", "expected a planner written by `simgan loop --algo mpc`")
+    refused({**good, "format": 9}, "expected planner format 1, got 9")
+    refused({**good, "model": "../nowhere"}, "found no model there")
+    refused({**good, "planner": {**good["planner"], "depth": 3}}, r"got \['depth'\]")
+    refused({k: v for k, v in good.items() if k != "algo"}, "algo 'mpc'")
+    refused({**good, "planner": {"horizon": 2}}, "planner settings lack")

@@ -88,7 +88,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="show a progress bar (default: on)",
     )
 
-    evaluate = sub.add_parser("eval", help="evaluate a saved agent")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a saved agent (or a planner saved by `simgan loop --algo mpc`)"
+    )
     evaluate.add_argument("--agent", required=True, help="agent directory written by `simgan agent train`")
     _add_env_args(evaluate)
     evaluate.add_argument(
@@ -231,7 +233,8 @@ def evaluate_saved_agent(
     """Load the agent in ``agent_dir`` and evaluate it in the env that ``source`` (``env``/``sim``/``num_envs``)
     names; returns ``agents.EvalResult``. The one evaluation of ``agent eval``, in this process or in shard
     ``shard`` (> 0: the agent's action sampling reseeded, :func:`simgan.cli.shards.reseed_for_shard`)."""
-    from agents import evaluate_policy, load_agent
+    from agents import evaluate_policy
+    from simgan.cli.policies import load_policy
     from simgan.device import resolve_device
 
     resolved = resolve_device(device)
@@ -241,7 +244,7 @@ def evaluate_saved_agent(
             spaces = env.single_observation_space, env.single_action_space
         else:
             spaces = env.observation_space, env.action_space
-        agent = load_agent(agent_dir, observation_space=spaces[0], action_space=spaces[1], device=resolved)
+        agent = load_policy(agent_dir, spaces[0], spaces[1], device=resolved)
         reseed_for_shard(agent, shard)
         return evaluate_policy(agent, env, episodes=episodes, seed=seed, deterministic=deterministic)
     finally:

@@ -29,7 +29,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default="random",
-        help="'random' (uniform over the action space) or PATH: an agent directory written by `simgan agent train`",
+        help="'random' (uniform over the action space) or PATH: an agent directory written by `simgan agent train` (or a planner, mpc.json, by `simgan loop --algo mpc`)",
     )
     parser.add_argument(
         "--envs-per-worker",
@@ -92,14 +92,15 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
 
 
 class SavedAgentPolicy:
-    """A saved agent as a picklable ``obs (K x obs_dim) -> actions`` callable for :func:`simgan.collection.collect`.
+    """A saved agent or planner as a picklable ``obs (K x obs_dim) -> actions`` callable for :func:`simgan.collection.collect`.
 
     The agent is loaded (and its spaces checked) once at construction, so a bad directory fails before anything
     is written; pickling ships only the path and the spaces, and each Ray worker loads its own copy on first use
     (torch generators and modules never cross process boundaries).
 
     Args:
-        path: agent directory (``agent.json`` + safetensors).
+        path: agent directory (``agent.json`` + safetensors) or planner directory (``mpc.json``,
+            :mod:`simgan.cli.policies`).
         observation_space: the env's observation space; must equal the agent's.
         action_space: the env's action space; must equal the agent's.
         deterministic: act with the policy's mode instead of sampling.
@@ -115,9 +116,9 @@ class SavedAgentPolicy:
         self._load()
 
     def _load(self) -> Any:
-        from agents import load_agent
+        from simgan.cli.policies import load_policy
 
-        self._agent = load_agent(self.path, self.observation_space, self.action_space, device="cpu")
+        self._agent = load_policy(self.path, self.observation_space, self.action_space, device="cpu")
         return self._agent
 
     def __call__(self, obs: Any) -> Any:
@@ -132,7 +133,7 @@ class SavedAgentPolicy:
 
 
 def resolve_policy(policy: str, env_id: str, env_kwargs: dict[str, Any]) -> Any:
-    """``--policy``: ``"random"`` as is, else a :class:`SavedAgentPolicy` for the agent directory ``policy``.
+    """``--policy``: ``"random"`` as is, else a :class:`SavedAgentPolicy` for the agent or planner directory.
 
     Raises:
         ValueError: ``policy`` is neither ``random`` nor an agent directory (or the agent does not fit the env).
@@ -141,8 +142,8 @@ def resolve_policy(policy: str, env_id: str, env_kwargs: dict[str, Any]) -> Any:
         return policy
     if not Path(policy).is_dir():
         raise ValueError(
-            f"--policy: expected 'random' or an agent directory (written by `simgan agent train`), got {policy!r}"
-            " (no such directory)"
+            f"--policy: expected 'random' or an agent directory (written by `simgan agent train`, or a planner by "
+            f"`simgan loop --algo mpc`), got {policy!r} (no such directory)"
         )
     from envs import make_env
 

@@ -32,7 +32,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=50, help="steps per future")
     parser.add_argument("--samples", type=int, default=1000, help="futures per start state")
     parser.add_argument(
-        "--policy", default="random", help="'random' (uniform actions) or a saved agent directory"
+        "--policy", default="random", help="'random' (uniform actions) or a saved agent or planner directory"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the model noise and the random policy")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -157,23 +157,24 @@ def _sharded_forecast(args: argparse.Namespace, states):
 
 
 def _load_shard_policy(path: str, model, shard: int):
-    """Called inside forecasting shard ``shard``: the saved agent is loaded there, never pickled."""
+    """Called inside forecasting shard ``shard``: the saved policy is loaded there, never pickled."""
     return load_policy(path, model.info.observation_space, model.info.action_space, shard=shard)
 
 
 def _check_policy_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise SimganError(
-            f"--policy: expected 'random' or a saved agent directory, got {path!r} (not a directory)"
+            f"--policy: expected 'random' or a saved agent or planner directory, got {path!r} (not a directory)"
         )
 
 
 def load_policy(path: str, observation_space, action_space, shard: int = 0):
-    """A saved agent (agents.load_agent) as a batched callable obs -> action, spaces checked; in forecasting
-    shard ``shard`` > 0 its action sampling is reseeded with its seed + shard (:func:`reseed_for_shard`)."""
+    """A saved agent or planner (:func:`simgan.cli.policies.load_policy`) as a batched callable obs -> action,
+    spaces checked; in forecasting shard ``shard`` > 0 its action sampling is reseeded with its seed + shard
+    (:func:`reseed_for_shard`)."""
     _check_policy_dir(path)
-    from agents import load_agent
+    from simgan.cli.policies import load_policy as load_saved_policy
 
-    agent = load_agent(path, observation_space=observation_space, action_space=action_space, device="cpu")
+    agent = load_saved_policy(path, observation_space, action_space, device="cpu")
     reseed_for_shard(agent, shard)
     return lambda obs: agent.act(obs, deterministic=False)

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from simgan.errors import SimganError
-
-MPC_JSON = "mpc.json"
 
 
 class LoopCLIError(SimganError):
@@ -266,73 +263,47 @@ class GradientLoopAgent:
         self.agent = load_agent(directory, self.observation_space, self.action_space, device=self.device)
 
 
-class PlannerPolicy:
-    """CEM-MPC over a saved world model as a picklable collection policy (each worker builds its own planner)."""
-
-    def __init__(self, model_dir: str, action_space: Any, planner: dict[str, Any]) -> None:
-        self.model_dir, self.action_space, self.planner = str(model_dir), action_space, dict(planner)
-        self._policy: Any = None
-
-    def build(self, model: Any = None) -> Any:
-        from agents import MPCPolicy
-        from simgan.sim_vector_env import SimVectorEnv
-
-        population = self.planner["population"]
-        env = SimVectorEnv(
-            model if model is not None else self.model_dir,
-            population,
-            device="cpu",
-            compute_realism=False,
-            seed=self.planner["seed"],
-        )
-        self._policy = MPCPolicy(env, self.action_space, elites=max(1, population // 10), **self.planner)
-        return self._policy
-
-    def __call__(self, obs: Any) -> Any:
-        policy = self._policy if self._policy is not None else self.build()
-        return policy.act(obs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_policy": None}
-
-    def __repr__(self) -> str:
-        return f"PlannerPolicy({self.model_dir!r}, {self.planner})"
-
-
 class MPCLoopAgent:
-    """CEM-MPC (PETS): nothing to train; each iteration plans with the newest model."""
+    """CEM-MPC (PETS): nothing to train; each iteration plans with the newest model.
+
+    Its saved form is a planner directory (``mpc.json``: the settings and the model, :mod:`simgan.cli.policies`),
+    which every command that takes a saved policy accepts.
+    """
 
     def __init__(
         self, observation_space: Any, action_space: Any, *, horizon: int, population: int, seed: int
     ):
+        from simgan.cli.policies import planner_settings
+
         self.observation_space, self.action_space = observation_space, action_space
-        self.planner_args = {"horizon": horizon, "population": population, "seed": seed}
-        self.planner: PlannerPolicy | None = None
+        self.settings = planner_settings(horizon=horizon, population=population, seed=seed)
+        self.planner: Any = None
+        self.model_dir: Path | None = None
 
     def collection_policy(self, agent_dir: Path) -> Any:
-        stored = json.loads((agent_dir / MPC_JSON).read_text())
-        return PlannerPolicy(stored["model_dir"], self.action_space, stored["planner"])
+        from simgan.cli.collect import SavedAgentPolicy
+
+        return SavedAgentPolicy(agent_dir, self.observation_space, self.action_space)
 
     def improve(self, context: Any) -> dict[str, float]:
-        self.planner = PlannerPolicy(str(context.model_dir), self.action_space, self.planner_args)
-        self.planner.build(context.model)
+        from simgan.cli.policies import build_planner
+
+        self.planner = build_planner(context.model, self.settings)
+        self.model_dir = Path(context.model_dir)
         return {}
 
     def evaluate(self, env: Any, episodes: int, seed: int) -> tuple[float, float]:
-        assert self.planner is not None and self.planner._policy is not None
-        return _evaluate(self.planner._policy, env, episodes, seed)
+        assert self.planner is not None
+        return _evaluate(self.planner, env, episodes, seed)
 
     def save(self, directory: Path) -> None:
-        from simgan.fsutil import atomic_write_json
+        from simgan.cli.policies import save_planner
 
-        assert self.planner is not None
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            directory / MPC_JSON,
-            {"algo": "mpc", "model_dir": self.planner.model_dir, "planner": self.planner_args},
-        )
+        assert self.model_dir is not None
+        save_planner(directory, self.model_dir, self.settings)
 
     def restore(self, directory: Path) -> None:
-        stored = json.loads((directory / MPC_JSON).read_text())
-        self.planner = PlannerPolicy(stored["model_dir"], self.action_space, stored["planner"])
-        self.planner.build()
+        from simgan.cli.policies import load_planner, read_planner
+
+        self.model_dir, _ = read_planner(directory)
+        self.planner = load_planner(directory, self.observation_space, self.action_space)

@@ -13,7 +13,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=int, default=200, help="vector steps to run (transitions = steps x num-envs)"
     )
-    parser.add_argument("--policy", default="random", help="'random' or a saved agent directory")
+    parser.add_argument("--policy", default="random", help="'random' or a saved agent or planner directory")
     parser.add_argument(
         "--realism-threshold",
         type=float,
