@@ -91,7 +91,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     evaluate = sub.add_parser(
         "eval", help="evaluate a saved agent (or a planner saved by `simgan loop --algo mpc`)"
     )
-    evaluate.add_argument("--agent", required=True, help="agent directory written by `simgan agent train`")
+    evaluate.add_argument(
+        "--agent",
+        required=True,
+        help="agent directory written by `simgan agent train`, or a planner's (mpc.json) by `simgan loop --algo mpc`",
+    )
     _add_env_args(evaluate)
     evaluate.add_argument(
         "--episodes", type=int, default=10, help="episodes to average (default: %(default)s)"
