@@ -421,3 +421,4 @@ def test_planner_files_are_checked_and_old_ones_still_load(tmp_path: Path) -> No
     refused({**good, "planner": {**good["planner"], "depth": 3}}, r"got \['depth'\]")
     refused({k: v for k, v in good.items() if k != "algo"}, "algo 'mpc'")
     refused({**good, "planner": {"horizon": 2}}, "planner settings lack")
+    refused({"algo": "mpc", "model_dir": str(tmp_path / "model"), "planner": {"horizon": 2}}, "incomplete")

@@ -16,6 +16,7 @@ Here and not in the library: the library never imports ``agents`` (see ``ARCHITE
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -43,17 +44,20 @@ class PlannerLoadError(SimganError):
 
 
 def planner_settings(horizon: int, population: int, seed: int, **more: Any) -> dict[str, Any]:
-    """Every setting of an ``agents.MPCPolicy``: the given ones over its defaults (elites: a tenth of the
-    population)."""
-    defaults = {
-        "particles": 1,
-        "iterations": 5,
+    """Every setting of an ``agents.MPCPolicy``: the given ones over its defaults, except elites: a tenth of the
+    population. A saved planner stores them all, so it plans the same if those defaults change."""
+    from agents import MPCPolicy
+
+    parameters = inspect.signature(MPCPolicy.__init__).parameters
+    defaults = {key: parameters[key].default for key in PLANNER_KEYS}
+    settings = {
+        **defaults,
         "elites": max(1, population // 10),
-        "alpha": 0.1,
-        "init_std": 0.5,
-        "termination_penalty": 0.0,
+        "horizon": horizon,
+        "population": population,
+        "seed": seed,
+        **more,
     }
-    settings = {**defaults, "horizon": horizon, "population": population, "seed": seed, **more}
     unknown = sorted(set(settings) - set(PLANNER_KEYS))
     if unknown:
         raise PlannerLoadError(f"planner settings: expected keys among {list(PLANNER_KEYS)}, got {unknown}")
@@ -116,7 +120,11 @@ def read_planner(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     ):
         raise PlannerLoadError(f"{path}: expected a JSON object with algo 'mpc' and planner settings")
     if "format" not in stored:  # before the format had a number
-        model, settings = Path(str(stored.get("model_dir"))), planner_settings(**stored["planner"])
+        model = Path(str(stored.get("model_dir")))
+        try:
+            settings = planner_settings(**stored["planner"])
+        except TypeError as exc:  # horizon, population or seed missing
+            raise PlannerLoadError(f"{path}: planner settings incomplete ({exc})") from exc
     elif stored["format"] == PLANNER_FORMAT:
         model, settings = Path(directory) / str(stored.get("model")), dict(stored["planner"])
         missing = sorted(set(PLANNER_KEYS) - set(settings))
