@@ -305,7 +305,9 @@ def _prepare(
             raise LoopError(f"{out}: cannot resume, expected {PARAMS_NAME} (written when a loop run starts)")
         # a parameter added after the run started is stored as its default (what the run did)
         stored = {**{f.name: f.default for f in fields(LoopConfig)}, **json.loads(stored_path.read_text())}
-        diff = {k: (stored.get(k), v) for k, v in params.items() if stored.get(k) != v}
+        # agent settings are stored only where they are not the default: one stored but not requested differs too
+        keys = sorted(set(params) | {k for k in stored if k.startswith("agent.")})
+        diff = {k: (stored.get(k), params.get(k)) for k in keys if stored.get(k) != params.get(k)}
         if diff:
             detail = ", ".join(f"{k}: stored {a!r}, requested {b!r}" for k, (a, b) in sorted(diff.items()))
             raise LoopError(f"{out}: cannot resume, the loop parameters differ ({detail})")

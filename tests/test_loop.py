@@ -116,6 +116,11 @@ def test_loop_refuses_a_used_directory_and_resume_continues(loop_run: Path, tmp_
         "loop", *TINY, "--iterations", "3", "--out", str(run), "--seed", "1", "--halt-unknown", "--resume"
     )
     assert other.returncode == 2 and "halt_unknown: stored False, requested True" in other.stderr
+    params = json.loads((run / "loop.json").read_text())
+    (run / "loop.json").write_text(json.dumps({**params, "agent.keep_best": True}))
+    other = simgan("loop", *TINY, "--iterations", "3", "--out", str(run), "--seed", "1", "--resume")
+    assert other.returncode == 2 and "agent.keep_best: stored True, requested None" in other.stderr
+    (run / "loop.json").write_text(json.dumps(params))
     # a run started before a parameter existed did what its default does, and resumes
     params = json.loads((run / "loop.json").read_text())
     del params["halt_unknown"]
@@ -210,6 +215,9 @@ def test_loop_rejects_sac_for_discrete_actions(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--keep-best: expected --algo sac or ppo" in result.stderr
     assert not (tmp_path / "y").exists()  # refused before anything was written
+    result = simgan("loop", *TINY, "--algo", "mpc", "--mpc-particles", "0", "--out", str(tmp_path / "z"))
+    assert result.returncode == 2 and "--mpc-particles: expected an integer >= 1, got 0" in result.stderr
+    assert not (tmp_path / "z").exists()
 
 
 def test_loop_config_validates() -> None:
@@ -328,7 +336,8 @@ def test_collect_policy_errors_are_clear(
 # ---------------------------------------------------------------------------------------------------------------
 
 MPC_TINY = [
-    *TINY, "--algo", "mpc", "--mpc-horizon", "3", "--mpc-population", "8", "--workers", "0", "--eval-episodes", "1",
+    *TINY, "--algo", "mpc", "--mpc-horizon", "3", "--mpc-population", "8", "--mpc-particles", "2", "--workers", "0",
+    "--eval-episodes", "1",
 ]  # fmt: skip
 
 
@@ -349,7 +358,8 @@ def test_mpc_loop_saves_a_planner_that_every_policy_flag_takes(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     stored = json.loads((run / "iter-000" / "agent" / "mpc.json").read_text())
     assert stored["model"] == "../model" and stored["format"] == 1
-    assert stored["planner"] == planner_settings(horizon=3, population=8, seed=0)
+    assert stored["planner"] == planner_settings(horizon=3, population=8, seed=0, particles=2)
+    assert json.loads((run / "loop.json").read_text())["agent.particles"] == 2
 
     moved = tmp_path / "elsewhere" / "mpc"
     shutil.move(str(run), str(moved))
@@ -358,6 +368,11 @@ def test_mpc_loop_saves_a_planner_that_every_policy_flag_takes(tmp_path: Path) -
     resumed = simgan("loop", *MPC_TINY, "--iterations", "2", "--out", str(moved), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert [int(r["real_steps"]) for r in read_progress(moved)] == [300, 600]
+    at = MPC_TINY.index("--mpc-particles")
+    other = simgan(
+        "loop", *MPC_TINY[:at], *MPC_TINY[at + 2 :], "--iterations", "3", "--out", str(moved), "--resume"
+    )
+    assert other.returncode == 2 and "agent.particles: stored 2, requested None" in other.stderr
     manifest = json.loads((moved / "iter-001" / "data" / "manifest.json").read_text())
     assert "SavedAgentPolicy" in manifest["policy"]  # iteration 1 collected with iteration 0's planner
 

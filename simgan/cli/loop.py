@@ -48,6 +48,14 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpc-horizon", type=int, default=20, help="MPC: planning horizon")
     parser.add_argument("--mpc-population", type=int, default=100, help="MPC: CEM candidates per iteration")
     parser.add_argument(
+        "--mpc-particles",
+        type=int,
+        default=1,
+        help="MPC: learned-env samples per candidate, their returns averaged (PETS's particles: the model's "
+        "futures differ from sample to sample)",
+    )
+    parser.add_argument("--mpc-iterations", type=int, default=5, help="MPC: CEM iterations per real action")
+    parser.add_argument(
         "--address", default=None, help="Ray cluster address; unset: $RAY_ADDRESS, else a local cluster"
     )
     parser.add_argument(
@@ -86,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
         agent_params["keep_best"] = True
     if args.algo == "mpc":
         agent_params.update(horizon=args.mpc_horizon, population=args.mpc_population)
+        # stored only when not the default, so runs from before these flags existed still resume
+        if args.mpc_particles != 1:
+            agent_params["particles"] = args.mpc_particles
+        if args.mpc_iterations != 5:
+            agent_params["iterations"] = args.mpc_iterations
     records = run_loop(
         config,
         agent,
@@ -121,13 +134,16 @@ def make_loop_agent(
             "--keep-best: expected --algo sac or ppo (agents trained in the model), got --algo mpc"
         )
     if algo == "mpc":
-        return MPCLoopAgent(
-            observation_space,
-            action_space,
-            horizon=args.mpc_horizon,
-            population=args.mpc_population,
-            seed=config.seed,
-        )
+        settings = {
+            "horizon": args.mpc_horizon,
+            "population": args.mpc_population,
+            "particles": args.mpc_particles,
+            "iterations": args.mpc_iterations,
+        }
+        for name, value in settings.items():
+            if value < 1:
+                raise LoopCLIError(f"--mpc-{name}: expected an integer >= 1, got {value}")
+        return MPCLoopAgent(observation_space, action_space, seed=config.seed, **settings)
     return GradientLoopAgent(
         algo,
         observation_space,
@@ -271,12 +287,22 @@ class MPCLoopAgent:
     """
 
     def __init__(
-        self, observation_space: Any, action_space: Any, *, horizon: int, population: int, seed: int
+        self,
+        observation_space: Any,
+        action_space: Any,
+        *,
+        horizon: int,
+        population: int,
+        seed: int,
+        particles: int = 1,
+        iterations: int = 5,
     ):
         from simgan.cli.policies import planner_settings
 
         self.observation_space, self.action_space = observation_space, action_space
-        self.settings = planner_settings(horizon=horizon, population=population, seed=seed)
+        self.settings = planner_settings(
+            horizon=horizon, population=population, seed=seed, particles=particles, iterations=iterations
+        )
         self.planner: Any = None
         self.model_dir: Path | None = None
 
