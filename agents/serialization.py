@@ -102,14 +102,16 @@ def check_spaces(
     trained_action_space: gym.Space,
     observation_space: gym.Space | None,
     action_space: gym.Space | None,
+    what: str = "agent",
 ) -> None:
-    """Raise :class:`SpaceMismatchError` when a given space differs from the one the agent was trained for."""
+    """Raise :class:`SpaceMismatchError` when a given space differs from the one the agent was trained for
+    (``what`` names it in the message: "<what> was trained for observation space X, got Y")."""
     for kind, trained, given in (
         ("observation", trained_observation_space, observation_space),
         ("action", trained_action_space, action_space),
     ):
         if given is not None and not spaces_match(trained, given):
-            raise SpaceMismatchError(f"agent was trained for {kind} space {trained}, got {given}")
+            raise SpaceMismatchError(f"{what} was trained for {kind} space {trained}, got {given}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ class MPCLoopAgent:
         save_planner(directory, self.model_dir, self.settings)
 
     def restore(self, directory: Path) -> None:
-        from simgan.cli.policies import load_planner, read_planner
+        from simgan.cli.policies import load_planner
 
-        self.model_dir, _ = read_planner(directory)
+        # the next improve() plans in its own model (and sets model_dir) before the loop saves again
         self.planner = load_planner(directory, self.observation_space, self.action_space)

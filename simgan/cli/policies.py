@@ -8,7 +8,7 @@ mpc`` saves one per iteration as ``mpc.json``::
 
 ``model`` is the model directory relative to the planner's own directory, so a run directory can be moved or read
 from anywhere. :func:`load_policy` rebuilds either kind, spaces checked, so every command that takes a saved
-policy (``simgan collect --policy``, ``simgan forecast --policy``, ``simgan agent eval --agent``, the loop's
+policy (``simgan collect``, ``forecast`` and ``simulate --policy``, ``simgan agent eval --agent``, the loop's
 collection and resume) takes a planner too.
 
 Here and not in the library: the library never imports ``agents`` (see ``ARCHITECTURE.md``).
@@ -148,19 +148,13 @@ def load_planner(
 ) -> Any:
     """The saved planner in ``directory`` as an ``agents.MPCPolicy`` over its model; the given spaces must be the
     model's (``agents.SpaceMismatchError`` otherwise, as for an agent)."""
-    from agents.serialization import SpaceMismatchError, spaces_match
+    from agents.serialization import check_spaces
     from simgan.checkpoint import load_model
 
     model_dir, settings = read_planner(directory)
     model = load_model(model_dir, device=device)
-    for kind, modelled, given in (
-        ("observation", model.info.observation_space, observation_space),
-        ("action", model.info.action_space, action_space),
-    ):
-        if given is not None and not spaces_match(modelled, given):
-            raise SpaceMismatchError(
-                f"{directory}: the planner's model ({model_dir}) was trained for {kind} space {modelled}, got {given}"
-            )
+    what = f"{directory}: the planner's model ({model_dir})"
+    check_spaces(model.info.observation_space, model.info.action_space, observation_space, action_space, what)
     return build_planner(model, settings, device=device)
 
 
