@@ -28,10 +28,25 @@ from simgan.world_model import SpaceClamp, WorldModel
 
 # reward_fn(obs B x D, action, next_obs B x D) -> B floats; termination_fn(...) -> B bools. torch in, torch out.
 TransitionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# "known": the source env's own function (envs.known), looked up by the model's env id
+TransitionFnArg = TransitionFn | str | None
 InitialStates = str | np.ndarray | Callable[[np.random.Generator], np.ndarray]
 STAT_NAMES = ("steps", "unrealistic", "out_of_support", "non_finite")
 RESET_OPTIONS = ("state", "noise", "reset_mask")
 PRECISIONS = ("float32", "bfloat16")
+
+
+def resolve_transition_fn(name: str, fn: TransitionFnArg, info: Any) -> TransitionFn | None:
+    """``None`` (the model's own), a callable, or ``"known"``: the source env's function from
+    :mod:`envs.known` (``UnknownFunctionsError`` when the model's env id or env kwargs have none)."""
+    if fn is None or (callable(fn) and not isinstance(fn, str)):
+        return fn
+    if not (isinstance(fn, str) and fn == "known"):
+        raise ValueError(f"{name}: expected None, a callable or 'known', got {fn!r}")
+    from envs.known import known_functions
+
+    functions = known_functions(info.env_id, info.env_kwargs)
+    return functions.reward if name == "reward_fn" else functions.termination
 
 
 def resolve_model(model: WorldModel | str | os.PathLike, device: str | torch.device) -> WorldModel:
@@ -100,8 +115,8 @@ class BatchSimulator:
         *,
         initial_states: InitialStates,
         max_episode_steps: int | None,
-        reward_fn: TransitionFn | None,
-        termination_fn: TransitionFn | None,
+        reward_fn: TransitionFnArg,
+        termination_fn: TransitionFnArg,
         realism_threshold: float | None,
         support_margin: float,
         compute_realism: bool,
@@ -134,7 +149,8 @@ class BatchSimulator:
         self.noise_dim = int(model.noise_dim)
         self.action_space = info.action_space
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
-        self.reward_fn, self.termination_fn = reward_fn, termination_fn
+        self.reward_fn = resolve_transition_fn("reward_fn", reward_fn, info)
+        self.termination_fn = resolve_transition_fn("termination_fn", termination_fn, info)
         self.realism_threshold = None if realism_threshold is None else float(realism_threshold)
         self.compute_realism = compute_realism
         self.halt_unknown = bool(halt_unknown)

@@ -22,7 +22,7 @@ from gymnasium.utils import seeding
 from simgan.sim_batch import (
     BatchSimulator,
     InitialStates,
-    TransitionFn,
+    TransitionFnArg,
     check_options,
     resolve_model,
     validate_numpy_action,
@@ -49,8 +49,10 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         device: ``"auto"`` (a model object stays where it is; a path loads onto CUDA when available), ``"cpu"``,
             ``"cuda"``.
         reward_fn: optional ``(obs B x D, action, next_obs B x D) -> reward B`` (torch in, torch out; actions
-            B x act_dim float for Box, B long for Discrete) replacing the learned reward.
-        termination_fn: same signature, returns B bools; replaces the learned termination.
+            B x act_dim float for Box, B long for Discrete) replacing the learned reward, or ``"known"``: the
+            source env's own reward (:mod:`envs.known`: Pendulum, CartPole, Acrobot, MountainCar,
+            InvertedPendulum), so only the dynamics are learned (PETS).
+        termination_fn: same signature, returns B bools; replaces the learned termination (``"known"`` too).
         realism_threshold: transitions whose realism is below it end the episode (truncated,
             ``info["unrealistic"]``). ``None``: never.
         support_margin: next states outside [state_low - m, state_high + m] (m = margin x data range, per
@@ -80,8 +82,8 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         initial_states: InitialStates = "dataset",
         max_episode_steps: int | None = None,
         device: str | torch.device = "auto",
-        reward_fn: TransitionFn | None = None,
-        termination_fn: TransitionFn | None = None,
+        reward_fn: TransitionFnArg = None,
+        termination_fn: TransitionFnArg = None,
         realism_threshold: float | None = None,
         support_margin: float = 0.1,
         compute_realism: bool = True,
