@@ -391,6 +391,13 @@ def test_agent_eval_shards(tiny_run, local_ray, one_torch_thread, tmp_path: Path
     assert two["mean_return"] == pytest.approx(np.mean(two["returns"]))
     assert two["std_return"] == pytest.approx(np.std(two["returns"]))
     assert two["returns"] != in_process["returns"]
+    # --known-reward reaches every shard: Pendulum's own reward (<= 0) on the same learned trajectories
+    known = _cli_json(*single, "--known-reward", out=tmp_path / "f.json")
+    learned = _cli_json(*single, out=tmp_path / "g.json")
+    assert known["reward_fn"] == "known" and "reward_fn" not in learned
+    assert known["lengths"] == learned["lengths"] and known["returns"] != learned["returns"]
+    assert all(-16.3 * 200 <= r <= 0.0 for r in known["returns"])
+    assert _cli_json(*single, "--known-reward", "--shards", "2", out=tmp_path / "h.json") == known
 
 
 @pytest.mark.ray

@@ -52,6 +52,42 @@ def _add_env_args(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of networks, env resets and sampling (default: %(default)s)"
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    add_known_args(parser)
+
+
+def add_known_args(parser: argparse.ArgumentParser) -> None:
+    """--known-reward / --known-termination: the learned env takes its source env's own functions."""
+    parser.add_argument(
+        "--known-reward",
+        action="store_true",
+        help="the learned env pays the source env's own reward instead of the learned one (envs.known: "
+        "Pendulum, CartPole, Acrobot, MountainCar, InvertedPendulum)",
+    )
+    parser.add_argument(
+        "--known-termination",
+        action="store_true",
+        help="the learned env ends episodes by the source env's own termination instead of the learned one",
+    )
+
+
+KNOWN_FLAGS = {"--known-reward": "reward_fn", "--known-termination": "termination_fn"}
+
+
+def check_known_args(args: argparse.Namespace) -> None:
+    """--known-reward / --known-termination need a learned env (--sim)."""
+    known = [flag for flag, kwarg in KNOWN_FLAGS.items() if kwarg in known_kwargs(args)]
+    if known and args.sim is None:
+        raise AgentCLIError(f"{known[0]}: expected --sim (a learned env), got --env {args.env}")
+
+
+def known_kwargs(args: argparse.Namespace) -> dict[str, str]:
+    """reward_fn / termination_fn keyword arguments of the learned env for --known-reward/--known-termination."""
+    kwargs = {}
+    if getattr(args, "known_reward", False):
+        kwargs["reward_fn"] = "known"
+    if getattr(args, "known_termination", False):
+        kwargs["termination_fn"] = "known"
+    return kwargs
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +161,7 @@ def make_training_env(args: argparse.Namespace, device: Any) -> Any:
             "model": args.sim,
             "device": str(device),
             "halt_unknown": getattr(args, "halt_unknown", False),
+            **known_kwargs(args),
         }
         if args.num_envs == 1:
             return gym.make(SIM_ENV_ID, **kwargs)
@@ -152,6 +189,7 @@ def _train(args: argparse.Namespace) -> int:
         raise AgentCLIError(f"--steps: expected >= 1, got {args.steps}")
     if args.halt_unknown and args.sim is None:
         raise AgentCLIError(f"--halt-unknown: expected --sim (a learned env), got --env {args.env}")
+    check_known_args(args)
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(
@@ -179,6 +217,7 @@ def _train(args: argparse.Namespace) -> int:
         "num_envs": args.num_envs,
         "steps": args.steps,
         "halt_unknown": args.halt_unknown,
+        **known_kwargs(args),
     }
     if args.eval_episodes > 0:
         evaluation = evaluate_policy(agent, env, episodes=args.eval_episodes, seed=args.seed + 10_000)
@@ -192,6 +231,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     check_shard_arguments(args)
+    check_known_args(args)
     if args.shards:
         result = _evaluate_sharded(args)
     else:
@@ -214,6 +254,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "agent": args.agent,
                 "env": args.env,
                 "sim": args.sim,
+                **known_kwargs(args),
                 "mean_return": result.mean_return,
                 "std_return": result.std_return,
                 "returns": result.returns,
@@ -265,9 +306,17 @@ def _evaluate_shard(
     seed: int,
     deterministic: bool,
     shard: int,
+    known_reward: bool = False,
+    known_termination: bool = False,
 ) -> Any:
     """One ``agent eval --shards`` shard, run inside its Ray actor: env and agent are built here from paths."""
-    source = argparse.Namespace(env=env, sim=sim, num_envs=num_envs)
+    source = argparse.Namespace(
+        env=env,
+        sim=sim,
+        num_envs=num_envs,
+        known_reward=known_reward,
+        known_termination=known_termination,
+    )
     return evaluate_saved_agent(
         agent_dir,
         source,
@@ -311,6 +360,8 @@ def _evaluate_sharded(args: argparse.Namespace) -> Any:
             "seed": args.seed + first,
             "deterministic": not args.stochastic,
             "shard": k,
+            "known_reward": args.known_reward,
+            "known_termination": args.known_termination,
         }
         for k, (count, first) in enumerate(zip(counts, firsts))
     ]

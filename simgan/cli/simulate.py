@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from simgan.cli.agent import add_known_args, known_kwargs
+
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory written by `simgan train`")
@@ -24,6 +26,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of start states, model noise and random actions"
     )
+    add_known_args(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         realism_threshold=args.realism_threshold,
         seed=args.seed,
+        **known_kwargs(args),
     )
     if args.policy == "random":
         envs.action_space.seed(args.seed)
