@@ -108,6 +108,17 @@ class LoopConfig:
             "(MOReL's pessimistic HALT: the agent learns to stay where the model is known; for rewards > 0)"
         },
     )
+    known_reward: bool = field(
+        default=False,
+        metadata={
+            "help": "the learned env pays the real env's own reward (envs.known) instead of the learned one; "
+            "the model still learns it"
+        },
+    )
+    known_termination: bool = field(
+        default=False,
+        metadata={"help": "the learned env ends episodes by the real env's own termination (envs.known)"},
+    )
     seed: int = field(default=0, metadata={"help": "base seed (collection, model, agent, evaluation)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
@@ -131,10 +142,23 @@ class LoopConfig:
                 f"eval_episodes >= 1, workers >= 0, seed >= 0: got {self.eval_episodes}, {self.workers}, "
                 f"{self.seed}"
             )
-        if not isinstance(self.halt_unknown, bool):
-            raise LoopError(f"halt_unknown: expected a bool, got {self.halt_unknown!r}")
+        for name in ("halt_unknown", "known_reward", "known_termination"):
+            if not isinstance(getattr(self, name), bool):
+                raise LoopError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if self.known_reward or self.known_termination:
+            from envs.known import UnknownFunctionsError, known_functions
+
+            try:
+                known_functions(self.env_id)
+            except UnknownFunctionsError as exc:
+                raise LoopError(str(exc)) from exc
         if self.model not in ("gan", "ensemble"):
             raise LoopError(f"model: expected 'gan' or 'ensemble', got {self.model!r}")
+
+    def known_fns(self) -> dict[str, str]:
+        """The learned env's ``reward_fn`` / ``termination_fn`` keyword arguments ("known") for this run."""
+        names = (("reward_fn", self.known_reward), ("termination_fn", self.known_termination))
+        return {name: "known" for name, on in names if on}
 
     def seed_of(self, iteration: int) -> int:
         """The seed of everything ``iteration`` draws: its collection, its model (training and calibration) and its
@@ -192,6 +216,7 @@ class SimContext:
             compute_realism=False,
             halt_unknown=self.config.halt_unknown,
             seed=self.seed,
+            **self.config.known_fns(),
         )
 
 

@@ -231,6 +231,10 @@ def test_loop_config_validates() -> None:
         LoopConfig(env_id="Pendulum-v1", collect_envs=0)
     with pytest.raises(LoopError, match="halt_unknown: expected a bool, got 1"):
         LoopConfig(env_id="Pendulum-v1", halt_unknown=1)  # type: ignore[arg-type]
+    with pytest.raises(LoopError, match="known_reward: expected a bool, got 'yes'"):
+        LoopConfig(env_id="Pendulum-v1", known_reward="yes")  # type: ignore[arg-type]
+    with pytest.raises(LoopError, match=r"expected one of the env ids .* got 'HalfCheetah-v5'"):
+        LoopConfig(env_id="HalfCheetah-v5", known_termination=True)  # refused before anything is written
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(0) == 50
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(1) == 1000
 
@@ -254,6 +258,33 @@ def test_the_agents_learned_envs_halt_unknown_states_as_configured(halt: bool, t
     for env in (context.make_env(4), context.make_env(4, branched=False)):
         assert env.sim.halt_unknown is halt
     assert context.make_env(4).max_episode_steps == 7
+
+
+@pytest.mark.parametrize("known", [(False, False), (True, False), (True, True)])
+def test_the_agents_learned_envs_take_the_known_functions_as_configured(known, tmp_path: Path) -> None:
+    import dataclasses
+
+    from worldmodels import LinearModel, linear_info
+
+    from envs.known import KNOWN
+    from simgan.loop import LoopConfig, SimContext
+
+    config = LoopConfig(env_id="Pendulum-v1", known_reward=known[0], known_termination=known[1])
+    model = LinearModel(
+        dataclasses.replace(linear_info(), env_id="Pendulum-v1")
+    )  # the model of the loop's env
+    context = SimContext(
+        model=model,
+        model_dir=tmp_path,
+        start_states=np.zeros((5, 3), dtype=np.float32),
+        config=config,
+        iteration=0,
+        seed=0,
+        log_dir=tmp_path,
+    )
+    for env in (context.make_env(4), context.make_env(4, branched=False)):
+        assert env.sim.reward_fn is (KNOWN["Pendulum-v1"].reward if known[0] else None)
+        assert env.sim.termination_fn is (KNOWN["Pendulum-v1"].termination if known[1] else None)
 
 
 def test_merge_datasets_keeps_episodes_apart(tmp_path: Path) -> None:
@@ -337,7 +368,7 @@ def test_collect_policy_errors_are_clear(
 
 MPC_TINY = [
     *TINY, "--algo", "mpc", "--mpc-horizon", "3", "--mpc-population", "8", "--mpc-particles", "2", "--workers", "0",
-    "--eval-episodes", "1",
+    "--eval-episodes", "1", "--known-reward",
 ]  # fmt: skip
 
 
@@ -351,6 +382,7 @@ def test_mpc_loop_saves_a_planner_that_every_policy_flag_takes(tmp_path: Path) -
     import gymnasium as gym
 
     from agents import SpaceMismatchError
+    from envs.known import KNOWN
     from simgan.cli.policies import load_policy, planner_settings, read_planner
 
     run = tmp_path / "mpc"
@@ -359,6 +391,7 @@ def test_mpc_loop_saves_a_planner_that_every_policy_flag_takes(tmp_path: Path) -
     stored = json.loads((run / "iter-000" / "agent" / "mpc.json").read_text())
     assert stored["model"] == "../model" and stored["format"] == 1
     assert stored["planner"] == planner_settings(horizon=3, population=8, seed=0, particles=2)
+    assert stored["env"] == {"reward_fn": "known"}  # --known-reward: it plans with Pendulum's own reward
     assert json.loads((run / "loop.json").read_text())["agent.particles"] == 2
 
     moved = tmp_path / "elsewhere" / "mpc"
@@ -383,6 +416,11 @@ def test_mpc_loop_saves_a_planner_that_every_policy_flag_takes(tmp_path: Path) -
     actions = first.act(obs)
     assert actions.shape == (2, 1) and np.all(np.abs(actions) <= 2.0)
     np.testing.assert_array_equal(actions, second.act(obs))
+    assert first.vector_env.sim.reward_fn is KNOWN["Pendulum-v1"].reward
+    unknown = simgan(
+        "loop", *MPC_TINY, "--no-known-reward", "--iterations", "3", "--out", str(moved), "--resume"
+    )
+    assert unknown.returncode == 2 and "known_reward: stored True, requested False" in unknown.stderr
     cartpole = gym.make("CartPole-v1")
     with pytest.raises(SpaceMismatchError, match=r"the planner's model .* was trained for observation space"):
         load_policy(planner, cartpole.observation_space, cartpole.action_space)
@@ -430,10 +468,26 @@ def test_planner_files_are_checked_and_old_ones_still_load(tmp_path: Path) -> No
             load_policy(planner)
 
     good = json.loads((planner / "mpc.json").read_text())
+    # a planner of a loop run with --known-reward plans in a learned env paying Pendulum's own reward
+    from envs.known import KNOWN
+
+    settings = planner_settings(horizon=2, population=4, seed=1)
+    save_planner(tmp_path / "known", tmp_path / "model", settings, sim_kwargs={"reward_fn": "known"})
+    assert json.loads((tmp_path / "known" / "mpc.json").read_text())["env"] == {"reward_fn": "known"}
+    assert "env" not in json.loads((planner / "mpc.json").read_text())  # nothing stored when nothing is known
+    sim = load_policy(tmp_path / "known").vector_env.sim
+    assert sim.reward_fn is KNOWN["Pendulum-v1"].reward and sim.termination_fn is None
+    assert load_policy(planner).vector_env.sim.reward_fn is None
+
     refused("{not json", "expected a planner written by `simgan loop --algo mpc`")
     refused({**good, "format": 9}, "expected planner format 1, got 9")
     refused({**good, "model": "../nowhere"}, "found no model there")
     refused({**good, "planner": {**good["planner"], "depth": 3}}, r"got \['depth'\]")
     refused({k: v for k, v in good.items() if k != "algo"}, "algo 'mpc'")
     refused({**good, "planner": {"horizon": 2}}, "planner settings lack")
+    refused({**good, "env": {"reward_fn": "learned"}}, r"expected env settings .* set to 'known'")
+    refused(
+        {**good, "env": {"dynamics": "known"}},
+        r"expected env settings among \['reward_fn', 'termination_fn'\]",
+    )
     refused({"algo": "mpc", "model_dir": str(tmp_path / "model"), "planner": {"horizon": 2}}, "incomplete")

@@ -305,6 +305,7 @@ class MPCLoopAgent:
         )
         self.planner: Any = None
         self.model_dir: Path | None = None
+        self.sim_kwargs: dict[str, str] = {}  # the learned env's known functions (the loop's --known-*)
 
     def collection_policy(self, agent_dir: Path) -> Any:
         from simgan.cli.collect import SavedAgentPolicy
@@ -314,7 +315,8 @@ class MPCLoopAgent:
     def improve(self, context: Any) -> dict[str, float]:
         from simgan.cli.policies import build_planner
 
-        self.planner = build_planner(context.model, self.settings)
+        self.sim_kwargs = context.config.known_fns()
+        self.planner = build_planner(context.model, self.settings, sim_kwargs=self.sim_kwargs)
         self.model_dir = Path(context.model_dir)
         return {}
 
@@ -326,7 +328,7 @@ class MPCLoopAgent:
         from simgan.cli.policies import save_planner
 
         assert self.model_dir is not None
-        save_planner(directory, self.model_dir, self.settings)
+        save_planner(directory, self.model_dir, self.settings, sim_kwargs=self.sim_kwargs)
 
     def restore(self, directory: Path) -> None:
         from simgan.cli.policies import load_planner

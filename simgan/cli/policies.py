@@ -7,9 +7,10 @@ mpc`` saves one per iteration as ``mpc.json``::
      "planner": {"horizon": 20, "population": 100, "particles": 1, "iterations": 5, "elites": 10, ...}}
 
 ``model`` is the model directory relative to the planner's own directory, so a run directory can be moved or read
-from anywhere. :func:`load_policy` rebuilds either kind, spaces checked, so every command that takes a saved
-policy (``simgan collect``, ``forecast`` and ``simulate --policy``, ``simgan agent eval --agent``, the loop's
-collection and resume) takes a planner too.
+from anywhere. A planner that plans with its env's known reward or termination (``simgan loop --known-reward``)
+also stores ``"env": {"reward_fn": "known"}`` (and/or ``termination_fn``). :func:`load_policy` rebuilds either
+kind, spaces checked, so every command that takes a saved policy (``simgan collect``, ``forecast`` and ``simulate
+--policy``, ``simgan agent eval --agent``, the loop's collection and resume) takes a planner too.
 
 Here and not in the library: the library never imports ``agents`` (see ``ARCHITECTURE.md``).
 """
@@ -64,9 +65,15 @@ def planner_settings(horizon: int, population: int, seed: int, **more: Any) -> d
     return settings
 
 
-def build_planner(model: Any, settings: dict[str, Any], device: Any = "cpu") -> Any:
+ENV_KEYS = ("reward_fn", "termination_fn")
+
+
+def build_planner(
+    model: Any, settings: dict[str, Any], device: Any = "cpu", sim_kwargs: dict[str, str] | None = None
+) -> Any:
     """An ``agents.MPCPolicy`` planning in ``model`` (a loaded world model or a model directory) through a learned
-    env of population x particles sub-envs (torch mode: the plan's tensors never leave the device)."""
+    env of population x particles sub-envs (torch mode: the plan's tensors never leave the device). ``sim_kwargs``:
+    the learned env's ``reward_fn`` / ``termination_fn`` ("known"), if any."""
     from agents import MPCPolicy
     from simgan.sim_vector_env import SimVectorEnv
 
@@ -77,31 +84,36 @@ def build_planner(model: Any, settings: dict[str, Any], device: Any = "cpu") -> 
         compute_realism=False,
         seed=settings["seed"],
         torch_mode=True,
+        **(sim_kwargs or {}),
     )
     return MPCPolicy(env, env.single_action_space, **settings)
 
 
 def save_planner(
-    directory: str | os.PathLike, model_dir: str | os.PathLike, settings: dict[str, Any]
+    directory: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    settings: dict[str, Any],
+    sim_kwargs: dict[str, str] | None = None,
 ) -> None:
-    """Write ``directory/mpc.json`` (atomically): the planner's settings and its model, relative to ``directory``."""
+    """Write ``directory/mpc.json`` (atomically): the planner's settings, its model (relative to ``directory``)
+    and, if any, its learned env's known functions."""
     from simgan.fsutil import atomic_write_json
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = os.path.relpath(Path(model_dir).resolve(), directory.resolve())
-    atomic_write_json(
-        directory / MPC_JSON,
-        {"format": PLANNER_FORMAT, "algo": "mpc", "model": model, "planner": dict(settings)},
-    )
+    stored = {"format": PLANNER_FORMAT, "algo": "mpc", "model": model, "planner": dict(settings)}
+    if sim_kwargs:
+        stored["env"] = dict(sim_kwargs)
+    atomic_write_json(directory / MPC_JSON, stored)
 
 
 def is_planner(directory: str | os.PathLike) -> bool:
     return (Path(directory) / MPC_JSON).is_file()
 
 
-def read_planner(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """(model directory, settings) of a saved planner.
+def read_planner(directory: str | os.PathLike) -> tuple[Path, dict[str, Any], dict[str, str]]:
+    """(model directory, settings, learned-env keyword arguments) of a saved planner.
 
     Files written before the format had a number (``model_dir``: a path as given when it was saved, and three
     settings) are read too.
@@ -133,11 +145,16 @@ def read_planner(directory: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         planner_settings(**settings)  # refuses unknown keys
     else:
         raise PlannerLoadError(f"{path}: expected planner format {PLANNER_FORMAT}, got {stored['format']!r}")
+    env = stored.get("env", {})
+    if not isinstance(env, dict) or any(k not in ENV_KEYS or v != "known" for k, v in env.items()):
+        raise PlannerLoadError(
+            f"{path}: expected env settings among {list(ENV_KEYS)} set to 'known', got {env!r}"
+        )
     if not (model / "model.json").is_file():
         raise PlannerLoadError(
             f"{path}: expected the planner's model directory at {model}, found no model there"
         )
-    return model, settings
+    return model, settings, env
 
 
 def load_planner(
@@ -151,11 +168,11 @@ def load_planner(
     from agents.serialization import check_spaces
     from simgan.checkpoint import load_model
 
-    model_dir, settings = read_planner(directory)
+    model_dir, settings, sim_kwargs = read_planner(directory)
     model = load_model(model_dir, device=device)
     what = f"{directory}: the planner's model ({model_dir})"
     check_spaces(model.info.observation_space, model.info.action_space, observation_space, action_space, what)
-    return build_planner(model, settings, device=device)
+    return build_planner(model, settings, device=device, sim_kwargs=sim_kwargs)
 
 
 def load_policy(
