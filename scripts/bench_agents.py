@@ -220,8 +220,16 @@ def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int 
 
 def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[str, Any]:
     """Spearman correlation of saved policies' mean return in the learned env vs the real env, each mean over
-    ``episodes`` episodes (the same seeds for every policy)."""
+    ``episodes`` episodes (the same seeds for every policy).
+
+    For an env with a known reward (``envs.known``), the policies are also rated in the same learned env paying
+    that reward (``sim_known_reward``, ``spearman_known_reward``): the same trajectories (the reward does not
+    steer the dynamics, and the termination stays the learned one), so the two figures differ only by the
+    learned reward's error.
+    """
     from scipy.stats import spearmanr
+
+    from envs.known import KNOWN
 
     loop_dir = seed_dir / "loop-gan"
     last = sorted(loop_dir.glob("iter-*/model"))
@@ -233,30 +241,39 @@ def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[st
         *sorted((seed_dir / "model-free").glob("step-*")),
     ]
     real_env = make_env(env_id)
-    sim_env = SimVectorEnv(last[-1], num_envs=min(episodes, 100), device="cpu", compute_realism=False, seed=0)
+    sim_kwargs = {"num_envs": min(episodes, 100), "device": "cpu", "compute_realism": False, "seed": 0}
+    sim_env = SimVectorEnv(last[-1], **sim_kwargs)
+    known_env = SimVectorEnv(last[-1], reward_fn="known", **sim_kwargs) if env_id in KNOWN else None
     rows = []
     for path in policies:
         agent = load_agent(path, real_env.observation_space, real_env.action_space)
         real = evaluate_policy(agent, real_env, episodes=episodes, seed=20_000).mean_return
         sim = evaluate_policy(agent, sim_env, episodes=episodes, seed=20_000)
         # sim_endings: how many learned-env episodes were cut short out of the data's support, and so on
-        rows.append(
-            {
-                "policy": str(path.relative_to(seed_dir)),
-                "real": real,
-                "sim": sim.mean_return,
-                "sim_endings": sim.endings,
-            }
-        )
+        row = {
+            "policy": str(path.relative_to(seed_dir)),
+            "real": real,
+            "sim": sim.mean_return,
+            "sim_endings": sim.endings,
+        }
+        if known_env is not None:
+            row["sim_known_reward"] = evaluate_policy(
+                agent, known_env, episodes=episodes, seed=20_000
+            ).mean_return
+        rows.append(row)
     if len(rows) < 3:
         return {"policies": rows}
-    rho = spearmanr([r["sim"] for r in rows], [r["real"] for r in rows]).statistic
-    return {
+    real = [r["real"] for r in rows]
+    result = {
         "policies": rows,
-        "spearman": float(rho),
+        "spearman": float(spearmanr([r["sim"] for r in rows], real).statistic),
         "model": str(last[-1].relative_to(seed_dir)),
         "episodes": episodes,
     }
+    if known_env is not None:
+        rho = spearmanr([r["sim_known_reward"] for r in rows], real).statistic
+        result["spearman_known_reward"] = float(rho)
+    return result
 
 
 def write_plot(results: dict[str, Any], path: Path) -> None:
@@ -331,6 +348,11 @@ def markdown(results: dict[str, Any]) -> str:
                     f"over {len(corr['policies'])} policies ({corr.get('episodes', 10)} episodes each)"
                     + _cut_short(corr)
                     + (f"; rated in {corr['model']}" if "model" in corr else "")
+                    + (
+                        f"; with the env's known reward: {corr['spearman_known_reward']:.3f}"
+                        if "spearman_known_reward" in corr
+                        else ""
+                    )
                 )
     return "\n".join(lines) + "\n"
 

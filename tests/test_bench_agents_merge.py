@@ -223,14 +223,35 @@ def test_a_loop_stopped_at_the_threshold_resumes_to_its_full_budget(bench, tmp_p
         "model_steps": {"gan": 30},
         "updates_per_step": 0.25,
     }
-    stopped = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, tmp_path / "run")
+    run = tmp_path / "seed-0" / "loop-gan"
+    stopped = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, run)
     assert [steps for steps, _ in stopped["curve"]] == [300]
-    again = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, tmp_path / "run", resume=True)
+    again = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, run, resume=True)
     assert again["curve"] == stopped["curve"]  # resumed without --full-budget: the threshold was reached
-    assert not (tmp_path / "run" / "iter-001").exists()
-    resumed = bench.run_loop_method(
-        "Pendulum-v1", "gan", preset, 0, tmp_path / "run", full_budget=True, resume=True
-    )
+    assert not (run / "iter-001").exists()
+    resumed = bench.run_loop_method("Pendulum-v1", "gan", preset, 0, run, full_budget=True, resume=True)
     assert [steps for steps, _ in resumed["curve"]] == [300, 600]
     assert resumed["curve"][0] == stopped["curve"][0]
-    assert (tmp_path / "run" / "iter-001" / "agent").is_dir()  # the second iteration's agent, to be ranked
+    assert (run / "iter-001" / "agent").is_dir()  # the second iteration's agent, to be ranked
+
+    # ranked in the last model, with its learned reward and with Pendulum's own (a third policy: an untrained SAC)
+    from agents import SACAgent, SACConfig
+    from envs import make_env
+
+    env = make_env("Pendulum-v1")
+    SACAgent(env.observation_space, env.action_space, SACConfig(seed=0)).save(
+        tmp_path / "seed-0" / "model-free" / "step-0000001"
+    )
+    ranked = bench.rank_correlation("Pendulum-v1", tmp_path / "seed-0", episodes=2)
+    assert [p["policy"] for p in ranked["policies"]] == [
+        "loop-gan/iter-000/agent",
+        "loop-gan/iter-001/agent",
+        "model-free/step-0000001",
+    ]
+    assert ranked["model"] == "loop-gan/iter-001/model"
+    assert -1.0 <= ranked["spearman"] <= 1.0 and -1.0 <= ranked["spearman_known_reward"] <= 1.0
+    for policy in ranked["policies"]:
+        # Pendulum pays -(theta^2 + 0.1 thdot^2 + 0.001 u^2) >= -16.3 a step over 200 steps; a 30-step GAN's
+        # learned reward is bound by nothing
+        assert -16.3 * 200 <= policy["sim_known_reward"] <= 0.0
+        assert policy["sim_known_reward"] != policy["sim"]
