@@ -101,8 +101,10 @@ def test_sim_env_takes_the_known_reward_and_termination_of_its_source_env():
     known.reset(options=start)
     _, reward, terminated, _, _ = known.step(np.int64(2))
     assert reward == -1.0 and terminated  # MountainCar's: -1 a step, x >= 0.5 with velocity >= 0
-    vector = SimVectorEnv(mountain_car_model(), num_envs=3, termination_fn="known")
-    vector.reset(options={"state": np.array([[0.45, 0.01], [0.45, -0.01], [0.0, 0.0]], dtype=np.float32)})
+    vector = SimVectorEnv(mountain_car_model(), num_envs=3, termination_fn="known", seed=0)
+    # velocities 5 noise sigmas (0.01) either side of MountainCar's goal condition
+    states = np.array([[0.45, 0.05], [0.45, -0.05], [0.0, 0.0]], dtype=np.float32)
+    vector.reset(options={"state": states})
     _, reward, terminated, _, _ = vector.step(np.array([2, 2, 2]))
     assert terminated.tolist() == [True, False, False]  # reward stays the learned one
     np.testing.assert_allclose(reward, -np.abs([0.55, 0.55, 0.1]), atol=0.05)
@@ -115,3 +117,32 @@ def test_sim_env_refuses_known_functions_it_cannot_have():
         SimEnv(mountain_car_model({"goal_velocity": 0.1}), termination_fn="known")
     with pytest.raises(ValueError, match="reward_fn: expected None, a callable or 'known', got 'learned'"):
         SimEnv(mountain_car_model(), reward_fn="learned")
+
+
+def test_simulate_runs_with_the_known_reward_and_says_so(tmp_path, capsys):
+    """`simgan simulate --known-reward` on a tiny Pendulum GAN: the same episodes, paid Pendulum's own reward."""
+    from tiny_configs import TINY_GAN
+
+    import simgan
+    from simgan.cli import main
+
+    data = simgan.collect("Pendulum-v1", steps=400, workers=0, out=tmp_path / "data", seed=0, progress=False)
+    simgan.train(data, tmp_path / "gan", TINY_GAN, progress=False)
+
+    def simulate(*flags: str) -> list[str]:
+        assert (
+            main(["simulate", "--model", str(tmp_path / "gan"), "--num-envs", "8", "--steps", "200", *flags])
+            == 0
+        )
+        return capsys.readouterr().out.splitlines()
+
+    learned, known = simulate(), simulate("--known-reward")
+    assert "(known reward)" in known[0] and "known" not in learned[0]
+    mean = {
+        name: float(lines[2].split("return mean ")[1].split()[0])
+        for name, lines in [("l", learned), ("k", known)]
+    }
+    assert learned[2].startswith("episodes      8 finished") and known[2].startswith(
+        "episodes      8 finished"
+    )
+    assert mean["k"] != mean["l"] and -16.3 * 200 <= mean["k"] <= 0.0  # Pendulum pays in [-16.3, 0] a step

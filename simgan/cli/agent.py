@@ -80,6 +80,12 @@ def check_known_args(args: argparse.Namespace) -> None:
         raise AgentCLIError(f"{known[0]}: expected --sim (a learned env), got --env {args.env}")
 
 
+def known_label(args: argparse.Namespace) -> str:
+    """' (known reward, known termination)' for the flags given, '' for none: where a printed result came from."""
+    names = [name.replace("_fn", "") for name in known_kwargs(args)]
+    return f" (known {', known '.join(names)})" if names else ""
+
+
 def known_kwargs(args: argparse.Namespace) -> dict[str, str]:
     """reward_fn / termination_fn keyword arguments of the learned env for --known-reward/--known-termination."""
     kwargs = {}
@@ -243,7 +249,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             deterministic=not args.stochastic,
         )
-    source = args.env or f"sim:{args.sim}"
+    source = args.env or f"sim:{args.sim}{known_label(args)}"
     print(f"{args.agent} on {source}: {result}")
     if args.json_out:
         from simgan.fsutil import atomic_write_json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from simgan.cli.agent import add_known_args, known_kwargs
+from simgan.cli.agent import add_known_args, known_kwargs, known_label
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         episode_return[done] = 0.0
     elapsed = time.perf_counter() - start
     stats = envs.get_stats()
-    print(f"learned env   {args.model} on {envs.device}: {args.num_envs} sub-envs x {args.steps} steps")
+    print(
+        f"learned env   {args.model}{known_label(args)} on {envs.device}: {args.num_envs} sub-envs x "
+        f"{args.steps} steps"
+    )
     print(f"throughput    {args.num_envs * args.steps / elapsed:,.0f} transitions/s")
     if finished:
         print(
