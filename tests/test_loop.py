@@ -239,15 +239,32 @@ def test_loop_config_validates() -> None:
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(1) == 1000
 
 
-@pytest.mark.parametrize("halt", [False, True])
-def test_the_agents_learned_envs_halt_unknown_states_as_configured(halt: bool, tmp_path: Path) -> None:
-    from worldmodels import LinearModel
+@pytest.mark.parametrize(
+    "halt, known_reward, known_termination",
+    [(False, False, False), (True, False, False), (False, True, False), (False, True, True)],
+)
+def test_the_agents_learned_envs_are_configured_by_the_loop(
+    halt: bool, known_reward: bool, known_termination: bool, tmp_path: Path
+) -> None:
+    """halt_unknown and the known reward / termination reach every learned env the agent is given."""
+    import dataclasses
 
+    from worldmodels import LinearModel, linear_info
+
+    from envs.known import KNOWN
     from simgan.loop import LoopConfig, SimContext
 
-    config = LoopConfig(env_id="Pendulum-v1", halt_unknown=halt, rollout_horizon=7)
+    config = LoopConfig(
+        env_id="Pendulum-v1",
+        halt_unknown=halt,
+        rollout_horizon=7,
+        known_reward=known_reward,
+        known_termination=known_termination,
+    )
     context = SimContext(
-        model=LinearModel(),
+        model=LinearModel(
+            dataclasses.replace(linear_info(), env_id="Pendulum-v1")
+        ),  # a model of the loop's env
         model_dir=tmp_path,
         start_states=np.zeros((5, 3), dtype=np.float32),
         config=config,
@@ -257,34 +274,9 @@ def test_the_agents_learned_envs_halt_unknown_states_as_configured(halt: bool, t
     )
     for env in (context.make_env(4), context.make_env(4, branched=False)):
         assert env.sim.halt_unknown is halt
+        assert env.sim.reward_fn is (KNOWN["Pendulum-v1"].reward if known_reward else None)
+        assert env.sim.termination_fn is (KNOWN["Pendulum-v1"].termination if known_termination else None)
     assert context.make_env(4).max_episode_steps == 7
-
-
-@pytest.mark.parametrize("known", [(False, False), (True, False), (True, True)])
-def test_the_agents_learned_envs_take_the_known_functions_as_configured(known, tmp_path: Path) -> None:
-    import dataclasses
-
-    from worldmodels import LinearModel, linear_info
-
-    from envs.known import KNOWN
-    from simgan.loop import LoopConfig, SimContext
-
-    config = LoopConfig(env_id="Pendulum-v1", known_reward=known[0], known_termination=known[1])
-    model = LinearModel(
-        dataclasses.replace(linear_info(), env_id="Pendulum-v1")
-    )  # the model of the loop's env
-    context = SimContext(
-        model=model,
-        model_dir=tmp_path,
-        start_states=np.zeros((5, 3), dtype=np.float32),
-        config=config,
-        iteration=0,
-        seed=0,
-        log_dir=tmp_path,
-    )
-    for env in (context.make_env(4), context.make_env(4, branched=False)):
-        assert env.sim.reward_fn is (KNOWN["Pendulum-v1"].reward if known[0] else None)
-        assert env.sim.termination_fn is (KNOWN["Pendulum-v1"].termination if known[1] else None)
 
 
 def test_merge_datasets_keeps_episodes_apart(tmp_path: Path) -> None:
