@@ -4,7 +4,7 @@ Per step, on the model's device (B sub-envs, D = obs_dim)::
 
     noise (B x noise_dim) -> model.sample_with_realism(obs, action, noise)   (model.sample when realism is off)
                           -> next_obs, reward, terminated, realism (the model judges its own transition)
-    reward_fn / termination_fn replace the learned ones when given
+    reward_fn / termination_fn replace the learned ones when given ("known": the source env's, envs.known)
     realism below realism_threshold         -> info["unrealistic"], truncated (terminated with halt_unknown)
     next_obs outside the data range +margin -> info["out_of_support"], truncated (terminated with halt_unknown)
     non-finite model output                 -> info["non_finite"], truncated, last finite obs kept
@@ -39,7 +39,7 @@ PRECISIONS = ("float32", "bfloat16")
 def resolve_transition_fn(name: str, fn: TransitionFnArg, info: Any) -> TransitionFn | None:
     """``None`` (the model's own), a callable, or ``"known"``: the source env's function from
     :mod:`envs.known` (``UnknownFunctionsError`` when the model's env id or env kwargs have none)."""
-    if fn is None or (callable(fn) and not isinstance(fn, str)):
+    if fn is None or callable(fn):
         return fn
     if not (isinstance(fn, str) and fn == "known"):
         raise ValueError(f"{name}: expected None, a callable or 'known', got {fn!r}")
