@@ -111,6 +111,19 @@ def _inverted_pendulum_v5_reward(
     return (~_inverted_pendulum_termination(obs, action, next_obs)).to(torch.float32)
 
 
+def _forking_point_mass_reward(
+    obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor
+) -> torch.Tensor:
+    # pays for the position the step starts from and the action, clipped to [-1, 1]
+    return -torch.linalg.vector_norm(obs, dim=1) - 0.1 * (action.clamp(-1.0, 1.0) ** 2).sum(dim=1)
+
+
+def _forking_point_mass_termination(
+    obs: torch.Tensor, action: torch.Tensor, next_obs: torch.Tensor
+) -> torch.Tensor:
+    return (next_obs.abs() > 1.0).any(dim=1)
+
+
 _MUJOCO_NEUTRAL = frozenset(
     {"reset_noise_scale", "render_mode", "width", "height", "camera_id", "camera_name"}
 )
@@ -126,6 +139,15 @@ KNOWN: dict[str, KnownFunctions] = {
     "InvertedPendulum-v4": KnownFunctions(_one, _inverted_pendulum_termination, _MUJOCO_NEUTRAL),
     "InvertedPendulum-v5": KnownFunctions(
         _inverted_pendulum_v5_reward, _inverted_pendulum_termination, _MUJOCO_NEUTRAL
+    ),
+    # simgan's own benchmark envs (envs/multimodal.py): their kwargs shape the dynamics' modes only
+    "simgan/KickedPendulum-v0": KnownFunctions(
+        _pendulum_reward, _never, frozenset({"kick", "kick_probability"})
+    ),
+    "simgan/ForkingPointMass-v0": KnownFunctions(
+        _forking_point_mass_reward,
+        _forking_point_mass_termination,
+        frozenset({"branch_probabilities", "fork_distance", "move_scale", "jitter"}),
     ),
 }
 

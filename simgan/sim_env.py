@@ -51,7 +51,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         reward_fn: optional ``(obs B x D, action, next_obs B x D) -> reward B`` (torch in, torch out; actions
             B x act_dim float for Box, B long for Discrete) replacing the learned reward, or ``"known"``: the
             source env's own reward (:mod:`envs.known`: Pendulum, CartPole, Acrobot, MountainCar,
-            InvertedPendulum), so only the dynamics are learned (PETS).
+            InvertedPendulum and simgan's multimodal envs), so only the dynamics are learned (PETS).
         termination_fn: same signature, returns B bools; replaces the learned termination (``"known"`` too).
         realism_threshold: transitions whose realism is below it end the episode (truncated,
             ``info["unrealistic"]``). ``None``: never.

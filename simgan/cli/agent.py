@@ -61,7 +61,7 @@ def add_known_args(parser: argparse.ArgumentParser) -> None:
         "--known-reward",
         action="store_true",
         help="the learned env pays the source env's own reward instead of the learned one (envs.known: "
-        "Pendulum, CartPole, Acrobot, MountainCar, InvertedPendulum)",
+        "Pendulum, CartPole, Acrobot, MountainCar, InvertedPendulum, simgan's multimodal envs)",
     )
     parser.add_argument(
         "--known-termination",
