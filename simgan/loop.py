@@ -157,8 +157,9 @@ class LoopConfig:
 
     def known_fns(self) -> dict[str, str]:
         """The learned env's ``reward_fn`` / ``termination_fn`` keyword arguments ("known") for this run."""
-        names = (("reward_fn", self.known_reward), ("termination_fn", self.known_termination))
-        return {name: "known" for name, on in names if on}
+        from simgan.sim_batch import known_fn_kwargs
+
+        return known_fn_kwargs(self.known_reward, self.known_termination)
 
     def seed_of(self, iteration: int) -> int:
         """The seed of everything ``iteration`` draws: its collection, its model (training and calibration) and its

@@ -49,6 +49,12 @@ def resolve_transition_fn(name: str, fn: TransitionFnArg, info: Any) -> Transiti
     return functions.reward if name == "reward_fn" else functions.termination
 
 
+def known_fn_kwargs(reward: bool, termination: bool) -> dict[str, str]:
+    """The ``reward_fn`` / ``termination_fn`` keyword arguments ("known") of a learned env whose source env's own
+    reward and/or termination replace the learned ones."""
+    return {name: "known" for name, on in (("reward_fn", reward), ("termination_fn", termination)) if on}
+
+
 def resolve_model(model: WorldModel | str | os.PathLike, device: str | torch.device) -> WorldModel:
     """A model object (moved to ``device`` unless ``device="auto"``) or a model directory loaded onto it."""
     from simgan.device import resolve_device

@@ -70,12 +70,12 @@ def add_known_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-KNOWN_FLAGS = {"--known-reward": "reward_fn", "--known-termination": "termination_fn"}
+KNOWN_FLAGS = {"--known-reward": "known_reward", "--known-termination": "known_termination"}
 
 
 def check_known_args(args: argparse.Namespace) -> None:
     """--known-reward / --known-termination need a learned env (--sim)."""
-    known = [flag for flag, kwarg in KNOWN_FLAGS.items() if kwarg in known_kwargs(args)]
+    known = [flag for flag, attr in KNOWN_FLAGS.items() if getattr(args, attr, False)]
     if known and args.sim is None:
         raise AgentCLIError(f"{known[0]}: expected --sim (a learned env), got --env {args.env}")
 
@@ -88,12 +88,9 @@ def known_label(args: argparse.Namespace) -> str:
 
 def known_kwargs(args: argparse.Namespace) -> dict[str, str]:
     """reward_fn / termination_fn keyword arguments of the learned env for --known-reward/--known-termination."""
-    kwargs = {}
-    if getattr(args, "known_reward", False):
-        kwargs["reward_fn"] = "known"
-    if getattr(args, "known_termination", False):
-        kwargs["termination_fn"] = "known"
-    return kwargs
+    from simgan.sim_batch import known_fn_kwargs
+
+    return known_fn_kwargs(getattr(args, "known_reward", False), getattr(args, "known_termination", False))
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
