@@ -332,6 +332,13 @@ def main() -> None:
                     "transitions": 350 * 20 * 15 * 5,
                     "gan_s": gan_s,
                     "ensemble_s": ens_s,
+                    # the same workload with each model's matmuls in bfloat16 (simgan.at_precision)
+                    **{
+                        f"{name}_bfloat16_s": planning_time(
+                            simgan.at_precision(model, "bfloat16"), starts[0], space, seed=args.seed
+                        )
+                        for name, model in (("gan", gan), ("ensemble", ensemble))
+                    },
                     "speedup": ens_s / gan_s,
                     "gan_pass_1_5s": gan_s <= 1.5,
                     "speedup_pass_3x": ens_s / gan_s >= 3,
@@ -344,7 +351,7 @@ def main() -> None:
     )
     print("| model | seconds | transitions/s |")
     print("|---|---|---|")
-    for name in ("gan", "ensemble"):
+    for name in ("gan", "ensemble", "gan_bfloat16", "ensemble_bfloat16"):
         print(f"| {name} | {speed[name + '_s']:.2f} | {speed['transitions'] / speed[name + '_s']:,.0f} |")
     print(
         f"GAN <= 1.5 s: {'yes' if speed['gan_pass_1_5s'] else 'no'}; "

@@ -23,6 +23,7 @@ _EXPORTS = {
     "collect": "simgan.collection",
     "WorldModel": "simgan.world_model",
     "ModelInfo": "simgan.world_model",
+    "at_precision": "simgan.world_model",
     "train": "simgan.training",
     "TrainConfig": "simgan.training",
     "load_model": "simgan.checkpoint",

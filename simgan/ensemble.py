@@ -204,8 +204,11 @@ class GaussianEnsemble(CalibratedRealism, nn.Module):
         # With no gradient recorded, SiLU works in place and, on the CPU, the hidden activations go to scratch
         # buffers (simgan.workspace; the same values, no fresh allocation per layer), as in gan_networks.MLP.
         inference, reuse = not torch.is_grad_enabled(), workspace.wanted(h)
+        low = workspace.lower_precision(h) if reuse else None  # autocast: the hidden layers in bfloat16
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             if reuse and i < last:
+                if low is not None:
+                    h, weight, bias = h.to(low), weight.to(low), bias.to(low)
                 out = workspace.scratch(i % 2, (*h.shape[:2], weight.shape[-1]), h)
                 h = torch.baddbmm(bias, h, weight, out=out)  # M x B x out
             else:

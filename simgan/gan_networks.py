@@ -85,24 +85,28 @@ class MLP(nn.Sequential):
     With no gradient recorded (sampling, evaluation) a forward pass applies SiLU in place and, on the CPU, writes
     the hidden activations into this thread's scratch buffers (:mod:`simgan.workspace`) instead of fresh tensors:
     the same kernels and the same values, without the allocation and page faults of a new B x width activation
-    per layer. With gradients it is ``nn.Sequential``'s forward.
+    per layer. Under ``torch.autocast`` (``precision="bfloat16"``) those layers run in its dtype, as
+    ``nn.Sequential``'s would. With gradients it is ``nn.Sequential``'s forward.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.dim() != 2:
             return super().forward(x)
         reuse = workspace.wanted(x)
+        low = workspace.lower_precision(x) if reuse else None  # autocast: the hidden layers in bfloat16
         last = len(self) - 1
         slot = 0
         for i, layer in enumerate(self):
             if not isinstance(layer, nn.Linear):
                 x = nn.functional.silu(x, inplace=True)  # x is the fresh output of the Linear before it
             elif i == last or not reuse or layer.bias is None:
-                x = nn.functional.linear(x, layer.weight, layer.bias)
+                x = nn.functional.linear(x, layer.weight, layer.bias)  # autocast casts (out= is not cast)
             else:
-                weight = layer.weight
+                weight, bias = layer.weight, layer.bias
+                if low is not None:
+                    x, weight, bias = x.to(low), weight.to(low), bias.to(low)
                 out = workspace.scratch(slot, (x.shape[0], weight.shape[0]), x)
-                x, slot = torch.addmm(layer.bias, x, weight.t(), out=out), 1 - slot
+                x, slot = torch.addmm(bias, x, weight.t(), out=out), 1 - slot
         return x
 
 

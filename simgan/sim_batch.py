@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from simgan.world_model import SpaceClamp, WorldModel
+from simgan.world_model import SpaceClamp, WorldModel, at_precision
 
 # reward_fn(obs B x D, action, next_obs B x D) -> B floats; termination_fn(...) -> B bools. torch in, torch out.
 TransitionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,7 +33,6 @@ TransitionFnArg = TransitionFn | str | None
 InitialStates = str | np.ndarray | Callable[[np.random.Generator], np.ndarray]
 STAT_NAMES = ("steps", "unrealistic", "out_of_support", "non_finite")
 RESET_OPTIONS = ("state", "noise", "reset_mask")
-PRECISIONS = ("float32", "bfloat16")
 
 
 def resolve_transition_fn(name: str, fn: TransitionFnArg, info: Any) -> TransitionFn | None:
@@ -148,7 +147,6 @@ class BatchSimulator:
             raise ValueError(f"support_margin: expected a float >= 0, got {support_margin!r}")
         if not isinstance(halt_unknown, (bool, np.bool_)):
             raise ValueError(f"halt_unknown: expected a bool, got {halt_unknown!r}")
-        self.model = model
         self.device = model.device
         self.num_envs = int(num_envs)
         self.obs_dim = info.obs_dim
@@ -160,11 +158,9 @@ class BatchSimulator:
         self.realism_threshold = None if realism_threshold is None else float(realism_threshold)
         self.compute_realism = compute_realism
         self.halt_unknown = bool(halt_unknown)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
         # bfloat16: the model's matmuls run under torch.autocast (approximate, much faster on CPUs with
         # AVX512-BF16/AMX and on GPUs); the env's own arithmetic and all outputs stay float32.
-        self.autocast = precision == "bfloat16"
+        self.model = at_precision(model, precision)
 
         def as_tensor(x: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
@@ -333,16 +329,12 @@ class BatchSimulator:
                 int(self.action_space.start), int(self.action_space.start + self.action_space.n - 1)
             )
         noise = self.draw_noise()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            if self.compute_realism:  # the model judges its own transition (its reward, not a reward_fn's)
-                next_obs, reward, terminated, realism = self.model.sample_with_realism(
-                    obs, action, noise=noise
-                )
-            else:
-                next_obs, reward, terminated = self.model.sample(obs, action, noise=noise)
-                realism = torch.ones(self.num_envs, device=self.device)
-        next_obs = next_obs.to(torch.float32)
-        model_reward = reward = reward.reshape(self.num_envs).to(torch.float32)
+        if self.compute_realism:  # the model judges its own transition (its reward, not a reward_fn's)
+            next_obs, reward, terminated, realism = self.model.sample_with_realism(obs, action, noise=noise)
+        else:
+            next_obs, reward, terminated = self.model.sample(obs, action, noise=noise)
+            realism = torch.ones(self.num_envs, device=self.device)
+        model_reward = reward = reward.reshape(self.num_envs)
         if self.reward_fn is not None:
             reward = self.reward_fn(obs, action, next_obs).reshape(self.num_envs).to(torch.float32)
         if self.termination_fn is not None:

@@ -27,6 +27,16 @@ def wanted(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.is_grad_enabled()
 
 
+def lower_precision(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs matmuls in on ``x``'s device, or None where it is off there.
+
+    Autocast leaves calls with an explicit ``out=`` alone, so a forward pass that writes into scratch buffers
+    casts its inputs, weights and buffers to this dtype itself; otherwise its matmuls would stay float32.
+    """
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def scratch(slot: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A contiguous tensor of ``shape`` (contents undefined) in buffer ``slot`` (0 or 1) of this thread, for the
     device and dtype of ``like``. It stays valid until the next request for the same slot in this thread."""

@@ -69,3 +69,21 @@ def test_training_runs_on_the_gpu(trained, tmp_path) -> None:
     model = train(data, tmp_path / "gpu", dataclasses.replace(TINY_GAN, device="cuda"), progress=False)
     assert model.device.type == "cuda"
     assert load_model(tmp_path / "gpu", device="cpu").noise_spread > 0
+
+
+def test_bfloat16_on_the_gpu_is_close_to_float32(trained) -> None:
+    data, run = trained
+    gpu = load_model(run, device="cuda")
+    obs = torch.as_tensor(data.validation.obs).cuda()
+    action = torch.as_tensor(data.validation.action).cuda()
+    noise = torch.randn(
+        len(obs), gpu.noise_dim, device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
+    full = gpu.sample(obs, action, noise=noise)
+    half = simgan.at_precision(gpu, "bfloat16").sample(obs, action, noise=noise)
+    assert half[0].device.type == "cuda" and half[0].dtype == torch.float32
+    np.testing.assert_allclose(half[0].cpu().numpy(), full[0].cpu().numpy(), atol=0.05)
+    envs = simgan.SimVectorEnv(gpu, num_envs=1024, device="cuda", torch_mode=True, precision="bfloat16")
+    obs, _ = envs.reset(seed=0)
+    obs, reward, *_ = envs.step(torch.zeros(1024, 1, device="cuda"))
+    assert obs.dtype == reward.dtype == torch.float32 and bool(torch.isfinite(obs).all())

@@ -69,3 +69,31 @@ def test_evaluate_reports_user_errors_in_one_line(kicked: dict[str, Path], tmp_p
     mismatch = _simgan("evaluate", "--model", str(kicked["a"]), "--data", str(other.path))
     assert mismatch.returncode == 2
     assert "simgan/KickedPendulum-v0" in mismatch.stderr and "Traceback" not in mismatch.stderr
+
+
+def test_evaluate_scores_a_model_at_each_precision(kicked: dict[str, Path]) -> None:
+    out = kicked["root"] / "precision.json"
+    result = _simgan(
+        "evaluate",
+        "--model", str(kicked["a"]),
+        "--data", str(kicked["data"]),
+        "--out", str(out),
+        "--device", "cpu",
+        "--max-samples", "300",
+        "--horizons", "5",
+        "--conditional-points", "0",
+        "--precision", "float32", "bfloat16",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ens0@bfloat16" in result.stdout.splitlines()[0]
+    models = json.loads(out.read_text())["models"]
+    full, half = models[str(kicked["a"])], models[f"{kicked['a']}@bfloat16"]
+    assert (full["precision"], half["precision"]) == ("float32", "bfloat16")
+    for metric in ("mean_error", "rollout_mse/k5"):
+        f, h = full["metrics"][metric], half["metrics"][metric]
+        # the same model and noise: bfloat16's rounding moves the error a little, not a lot
+        assert h != f and h == pytest.approx(f, rel=0.2), metric
+    bad = _simgan(
+        "evaluate", "--model", str(kicked["a"]), "--data", str(kicked["data"]), "--precision", "fp8"
+    )
+    assert bad.returncode == 2 and "invalid choice: 'fp8'" in bad.stderr

@@ -94,6 +94,24 @@ def test_first_step_of_a_plan_runs_the_mean_head_once_per_start_state():
     np.testing.assert_allclose(whole.observations, chunked.observations, atol=1e-5)
 
 
+def test_a_model_at_bfloat16_forecasts_close_to_float32():
+    """simgan.at_precision(model, "bfloat16") forecasts through the same code (sample_repeated included), its
+    outputs float32 and within bfloat16's rounding of the float32 forecast."""
+    from simgan.world_model import at_precision
+
+    torch.manual_seed(0)
+    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
+    model = simgan_gan(info)
+    rng = np.random.default_rng(1)
+    states = rng.normal(size=(3, 3)).astype(np.float32)
+    plan = rng.uniform(-2, 2, size=(3, 4, 2)).astype(np.float32)
+    full = forecast(model, states, actions=plan, horizon=4, num_samples=10, seed=2)
+    half = forecast(at_precision(model, "bfloat16"), states, actions=plan, horizon=4, num_samples=10, seed=2)
+    assert half.observations.dtype == full.observations.dtype == np.float32
+    assert not np.array_equal(half.observations, full.observations)
+    np.testing.assert_allclose(half.observations, full.observations, rtol=0.05, atol=0.05)
+
+
 def simgan_gan(info):
     from simgan.models import ConditionalGAN
 

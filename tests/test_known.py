@@ -120,8 +120,9 @@ def test_sim_env_refuses_known_functions_it_cannot_have():
         SimEnv(mountain_car_model(), reward_fn="learned")
 
 
-def test_simulate_runs_with_the_known_reward_and_says_so(tmp_path, capsys):
-    """`simgan simulate --known-reward` on a tiny Pendulum GAN: the same episodes, paid Pendulum's own reward."""
+def test_simulate_runs_with_the_known_reward_or_in_bfloat16_and_says_so(tmp_path, capsys):
+    """`simgan simulate --known-reward` on a tiny Pendulum GAN: the same episodes, paid Pendulum's own reward;
+    `--precision bfloat16`: the model in bfloat16."""
     from tiny_configs import TINY_GAN
 
     import simgan
@@ -147,3 +148,7 @@ def test_simulate_runs_with_the_known_reward_and_says_so(tmp_path, capsys):
         "episodes      8 finished"
     )
     assert mean["k"] != mean["l"] and -16.3 * 200 <= mean["k"] <= 0.0  # Pendulum pays in [-16.3, 0] a step
+    # --precision bfloat16: the same env with the model's matmuls in bfloat16, and the line says so
+    half = simulate("--precision", "bfloat16")
+    assert "(bfloat16)" in half[0] and "(float32)" in learned[0]
+    assert half[2].startswith("episodes      8 finished") and half[2] != learned[2]

@@ -6,6 +6,7 @@ import threading
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from test_models import make_info
 from torch import nn
@@ -113,3 +114,62 @@ def test_ensemble_forward_is_the_same_with_and_without_grad() -> None:
     plain = [t.detach() for t in model(inputs)]
     for got, want in zip(fast, plain):
         assert torch.equal(got, want)
+
+
+def test_autocast_runs_the_hidden_layers_in_bfloat16_like_the_plain_forward() -> None:
+    # Autocast skips calls with out=, so the scratch path must cast for itself: without that its hidden layers
+    # stayed float32 and precision="bfloat16" only cast the last layer (slower than float32, not faster).
+    net = _net()
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.enable_grad():
+            plain = nn.Sequential.forward(net, x).detach()
+        with torch.inference_mode():
+            fast = net(x)
+    assert plain.dtype == fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast, plain)  # bfloat16's tolerance: the same casts, kernels may round apart
+    with torch.no_grad():
+        full = net(x)
+    assert full.dtype == torch.float32 and not torch.equal(fast.float(), full)
+    assert workspace.lower_precision(x) is None
+
+
+def test_ensemble_forward_under_autocast_is_the_plain_forward() -> None:
+    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
+    model = GaussianEnsemble(info, EnsembleConfig(members=3, elites=2, hidden=(32, 32)))
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    inputs = torch.randn(500, 5, generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            fast = model(inputs)
+        plain = [t.detach() for t in model(inputs)]
+    with torch.no_grad():
+        full = model(inputs)
+    for got, want, f32 in zip(fast, plain, full):
+        torch.testing.assert_close(got, want)
+        assert not torch.equal(got.float(), f32)
+
+
+def test_at_precision_autocasts_only_the_model_and_keeps_its_interface() -> None:
+    from simgan.world_model import AtPrecision, at_precision
+
+    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
+    model = GaussianEnsemble(info, EnsembleConfig(members=3, elites=2, hidden=(32, 32)))
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    assert at_precision(model, "float32") is model
+    half = at_precision(model, "bfloat16")
+    assert isinstance(half, AtPrecision) and half.info is model.info and half.noise_dim == model.noise_dim
+    obs, action = torch.randn(64, 3), torch.rand(64, 2) * 4 - 2
+    noise = torch.randn(64, model.noise_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = half.sample(obs, action, noise=noise), model.sample(obs, action, noise=noise)
+    assert [t.dtype for t in got] == [t.dtype for t in want] == [torch.float32, torch.float32, torch.bool]
+    assert not torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[0], want[0], rtol=0.05, atol=0.05)
+    assert not torch.is_autocast_enabled("cpu")  # the caller's arithmetic stays float32
+    assert isinstance(half.to("cpu"), AtPrecision)
+    assert not hasattr(
+        at_precision(_net(), "bfloat16"), "sample_repeated"
+    )  # offered only where the model has it
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        at_precision(model, "float16")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from simgan.device import DEVICE_CHOICES
+from simgan.world_model import PRECISIONS
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,14 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--conditional-samples", type=int, default=500, help="samples per conditional point")
     parser.add_argument("--seed", type=int, default=0, help="seed of subsampling and model noise")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["float32"],
+        choices=list(PRECISIONS),
+        help="score each model at these precisions, as a learned env with that precision runs it (a column "
+        "RUN@bfloat16 for each model): what a faster, lower precision costs in fidelity",
+    )
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -59,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from simgan.data import load_dataset
     from simgan.fsutil import atomic_write_json
     from simgan.metrics import evaluate_model
+    from simgan.world_model import at_precision
 
     dataset = load_dataset(
         args.data, validation_fraction=args.validation_fraction, split_seed=args.split_seed
@@ -71,23 +81,29 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{run_dir}: model trained on env {model.info.env_id!r}, dataset is {dataset.env_id!r}"
             )
-        kinds[run_dir] = type(model).__name__
-        results[run_dir] = evaluate_model(
-            model,
-            dataset,
-            max_samples=args.max_samples,
-            horizons=tuple(args.horizons),
-            conditional_points=args.conditional_points,
-            conditional_samples=args.conditional_samples,
-            seed=args.seed,
-        )
+        for precision in dict.fromkeys(args.precision):
+            name = run_dir if precision == "float32" else f"{run_dir}@{precision}"
+            kinds[name] = (type(model).__name__, precision)
+            results[name] = evaluate_model(
+                at_precision(model, precision),
+                dataset,
+                max_samples=args.max_samples,
+                horizons=tuple(args.horizons),
+                conditional_points=args.conditional_points,
+                conditional_samples=args.conditional_samples,
+                seed=args.seed,
+            )
     print(format_table(results))
     if args.out:
         payload: dict[str, Any] = {
             "data": str(args.data),
             "env_id": dataset.env_id,
             "models": {
-                name: {"kind": kinds[name], "metrics": {k: _json_number(v) for k, v in values.items()}}
+                name: {
+                    "kind": kinds[name][0],
+                    "precision": kinds[name][1],
+                    "metrics": {k: _json_number(v) for k, v in values.items()},
+                }
                 for name, values in results.items()
             },
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from simgan.cli.agent import add_known_args, known_kwargs, known_label
+from simgan.world_model import PRECISIONS
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="truncate transitions whose realism score is below this (0..1)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=list(PRECISIONS),
+        help="bfloat16: the model's matmuls in bfloat16 (faster on GPUs and on CPUs with AVX512-BF16 or AMX; "
+        "`simgan evaluate --precision float32 bfloat16` shows what it costs in fidelity)",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of start states, model noise and random actions"
     )
@@ -46,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         num_envs=args.num_envs,
         device=args.device,
         realism_threshold=args.realism_threshold,
+        precision=args.precision,
         seed=args.seed,
         **known_kwargs(args),
     )
@@ -69,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     stats = envs.get_stats()
     print(
-        f"learned env   {args.model}{known_label(args)} on {envs.device}: {args.num_envs} sub-envs x "
+        f"learned env   {args.model}{known_label(args)} on {envs.device} ({args.precision}): "
+        f"{args.num_envs} sub-envs x "
         f"{args.steps} steps"
     )
     print(f"throughput    {args.num_envs * args.steps / elapsed:,.0f} transitions/s")
