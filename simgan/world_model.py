@@ -209,6 +209,8 @@ class AtPrecision:
         self.model, self.precision = model, precision
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("model", "precision"):  # not set yet (copy, unpickling): no recursion into self.model
+            raise AttributeError(name)
         attr = getattr(self.model, name)
         return functools.partial(self._run, attr) if name in self._AUTOCAST else attr
 

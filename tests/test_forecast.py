@@ -71,12 +71,7 @@ def test_first_step_of_a_plan_runs_the_mean_head_once_per_start_state():
     """Under a plan the N branches of a start state share their first (state, action); the GAN's mean head runs
     on the B start states there, and the forecast equals the one with the same actions from a policy (which
     samples every row), also when chunks split a start state's branches."""
-    torch.manual_seed(0)
-    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
-    model = simgan_gan(info)
-    rng = np.random.default_rng(1)
-    states = rng.normal(size=(3, 3)).astype(np.float32)
-    plan = rng.uniform(-2, 2, size=(3, 4, 2)).astype(np.float32)
+    model, states, plan, rng = _gan_states_and_plan()
     rows: list[int] = []
     hook = model.generator.mean_net.register_forward_hook(lambda _m, args, _out: rows.append(len(args[0])))
     planned = forecast(model, states, actions=plan, horizon=4, num_samples=10, seed=2)
@@ -99,17 +94,22 @@ def test_a_model_at_bfloat16_forecasts_close_to_float32():
     outputs float32 and within bfloat16's rounding of the float32 forecast."""
     from simgan.world_model import at_precision
 
-    torch.manual_seed(0)
-    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
-    model = simgan_gan(info)
-    rng = np.random.default_rng(1)
-    states = rng.normal(size=(3, 3)).astype(np.float32)
-    plan = rng.uniform(-2, 2, size=(3, 4, 2)).astype(np.float32)
+    model, states, plan, _ = _gan_states_and_plan()
     full = forecast(model, states, actions=plan, horizon=4, num_samples=10, seed=2)
     half = forecast(at_precision(model, "bfloat16"), states, actions=plan, horizon=4, num_samples=10, seed=2)
     assert half.observations.dtype == full.observations.dtype == np.float32
     assert not np.array_equal(half.observations, full.observations)
     np.testing.assert_allclose(half.observations, full.observations, rtol=0.05, atol=0.05)
+
+
+def _gan_states_and_plan() -> tuple:
+    """A small GAN (Box actions), 3 start states, a 4-step plan for each, and the generator that drew them."""
+    torch.manual_seed(0)
+    model = simgan_gan(make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32)))
+    rng = np.random.default_rng(1)
+    states = rng.normal(size=(3, 3)).astype(np.float32)
+    plan = rng.uniform(-2, 2, size=(3, 4, 2)).astype(np.float32)
+    return model, states, plan, rng
 
 
 def simgan_gan(info):

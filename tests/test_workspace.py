@@ -173,3 +173,14 @@ def test_at_precision_autocasts_only_the_model_and_keeps_its_interface() -> None
     )  # offered only where the model has it
     with pytest.raises(ValueError, match="precision: expected one of"):
         at_precision(model, "float16")
+
+
+def test_at_precision_copies_and_unpickles() -> None:
+    import copy
+    import pickle
+
+    from simgan.world_model import AtPrecision
+
+    half = AtPrecision(_net(), "bfloat16")
+    for clone in (copy.copy(half), pickle.loads(pickle.dumps(half))):
+        assert isinstance(clone, AtPrecision) and clone.precision == "bfloat16"
