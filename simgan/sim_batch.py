@@ -334,7 +334,9 @@ class BatchSimulator:
         else:
             next_obs, reward, terminated = self.model.sample(obs, action, noise=noise)
             realism = torch.ones(self.num_envs, device=self.device)
-        model_reward = reward = reward.reshape(self.num_envs)
+        # float32 out: a no-op for simgan's models, but any WorldModel may return float64
+        next_obs = next_obs.to(torch.float32)
+        model_reward = reward = reward.reshape(self.num_envs).to(torch.float32)
         if self.reward_fn is not None:
             reward = self.reward_fn(obs, action, next_obs).reshape(self.num_envs).to(torch.float32)
         if self.termination_fn is not None:

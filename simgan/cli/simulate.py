@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     stats = envs.get_stats()
     print(
         f"learned env   {args.model}{known_label(args)} on {envs.device} ({args.precision}): "
-        f"{args.num_envs} sub-envs x "
-        f"{args.steps} steps"
+        f"{args.num_envs} sub-envs x {args.steps} steps"
     )
     print(f"throughput    {args.num_envs * args.steps / elapsed:,.0f} transitions/s")
     if finished:
