@@ -21,6 +21,16 @@ def _net(seed: int = 0, spectral_norm: bool = False) -> MLP:
     return mlp(5, (64, 48, 64), 4, spectral_norm=spectral_norm).eval()
 
 
+def _ensemble() -> GaussianEnsemble:
+    """A small seeded ensemble (3 members, 2 x 32) on a 3-dimensional state with 2-dimensional Box actions."""
+    model = GaussianEnsemble(
+        make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32)),
+        EnsembleConfig(members=3, elites=2, hidden=(32, 32)),
+    )
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    return model
+
+
 def _plain(net: MLP, x: torch.Tensor) -> torch.Tensor:
     """The forward pass without scratch buffers or in-place SiLU: nn.Sequential's, with grad on."""
     with torch.enable_grad():
@@ -101,9 +111,7 @@ def test_scratch_grows_and_keeps_the_two_slots_apart() -> None:
 
 
 def test_ensemble_forward_is_the_same_with_and_without_grad() -> None:
-    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
-    model = GaussianEnsemble(info, EnsembleConfig(members=3, elites=2, hidden=(32, 32)))
-    model.reset_parameters(torch.Generator().manual_seed(0))
+    model = _ensemble()
     with torch.no_grad():
         for bias in model.biases:
             bias.normal_(generator=torch.Generator().manual_seed(1))
@@ -135,9 +143,7 @@ def test_autocast_runs_the_hidden_layers_in_bfloat16_like_the_plain_forward() ->
 
 
 def test_ensemble_forward_under_autocast_is_the_plain_forward() -> None:
-    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
-    model = GaussianEnsemble(info, EnsembleConfig(members=3, elites=2, hidden=(32, 32)))
-    model.reset_parameters(torch.Generator().manual_seed(0))
+    model = _ensemble()
     inputs = torch.randn(500, 5, generator=torch.Generator().manual_seed(2))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():
@@ -153,9 +159,7 @@ def test_ensemble_forward_under_autocast_is_the_plain_forward() -> None:
 def test_at_precision_autocasts_only_the_model_and_keeps_its_interface() -> None:
     from simgan.world_model import AtPrecision, at_precision
 
-    info = make_info(gym.spaces.Box(-2.0, 2.0, (2,), np.float32))
-    model = GaussianEnsemble(info, EnsembleConfig(members=3, elites=2, hidden=(32, 32)))
-    model.reset_parameters(torch.Generator().manual_seed(0))
+    model = _ensemble()
     assert at_precision(model, "float32") is model
     half = at_precision(model, "bfloat16")
     assert isinstance(half, AtPrecision) and half.info is model.info and half.noise_dim == model.noise_dim
@@ -168,9 +172,8 @@ def test_at_precision_autocasts_only_the_model_and_keeps_its_interface() -> None
     torch.testing.assert_close(got[0], want[0], rtol=0.05, atol=0.05)
     assert not torch.is_autocast_enabled("cpu")  # the caller's arithmetic stays float32
     assert isinstance(half.to("cpu"), AtPrecision)
-    assert not hasattr(
-        at_precision(_net(), "bfloat16"), "sample_repeated"
-    )  # offered only where the model has it
+    # an optional method is offered only where the model has it (an MLP has no sample_repeated)
+    assert not hasattr(at_precision(_net(), "bfloat16"), "sample_repeated")
     with pytest.raises(ValueError, match="precision: expected one of"):
         at_precision(model, "float16")
 
