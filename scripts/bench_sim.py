@@ -13,6 +13,9 @@ Everything is measured in the same run, so the ratios hold on a noisy shared mac
 * achieved GFLOP/s of the env step (FLOPs counted by ``torch.utils.flop_counter`` on one step) against a plain
   ``torch.matmul`` chain with the same matrix shapes (and dtype) as the model's linear layers.
 
+With ``--rounds R`` every row, its matmul chain and the baselines are measured R times, in R rounds one after
+another, and each keeps its best round (the JSON keeps all of them).
+
 Writes ``results/bench_sim.json`` and ``results/bench_sim.md`` (atomically).
 """
 
@@ -204,6 +207,13 @@ def main() -> int:
         help="SimVectorEnv precision (bfloat16: model matmuls under torch.autocast)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every row (and the baselines) this many times, one round after another; each keeps its "
+        "best round, so a slow spell on a shared machine costs one round, not the row",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument(
@@ -217,14 +227,18 @@ def main() -> int:
         "--out", default=str(ROOT / "results" / "bench_sim"), help="output path without suffix"
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected a count >= 1, got {args.rounds}")
     config = ModelConfig() if args.mean_hidden is None else ModelConfig(mean_hidden=tuple(args.mean_hidden))
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    # ---- real-env baselines (CPU, same run) --------------------------------------------------------------------
-    # Measured before, between and after the SimVectorEnv blocks; the best measurement counts, so a burst of
-    # load from other jobs can only make the ratios below *smaller*.
+    # ---- measurement rounds ----------------------------------------------------------------------------------
+    # Every configuration, its matmul chain and the real-env baselines are measured once per round, the rounds
+    # one after another, and each keeps its best round. On a shared machine a slow minute then costs a row one
+    # round, not the row, and rows and baselines get the same protection (before, a baseline counted its best of
+    # several measurements spread over the run, a row its only one).
     baseline_names = {"Pendulum-v1": "SyncVectorEnv(64)", "HalfCheetah-v5": "single env"}
     baseline_runs: dict[str, list[float]] = {name: [] for name in baseline_names}
 
@@ -232,42 +246,51 @@ def main() -> int:
         baseline_runs["Pendulum-v1"].append(bench_real_env("Pendulum-v1", 64, args.seconds))
         baseline_runs["HalfCheetah-v5"].append(bench_real_env("HalfCheetah-v5", None, args.seconds))
 
+    models = {env_id: fresh_gan(model_info_from_env(env_id), device, config) for env_id in args.envs}
+    configs = list(itertools.product(args.envs, args.precisions, args.num_envs, (True, False)))
+    matmul_runs: dict[tuple, list[float]] = {c: [] for c in configs}
+    sim_runs: dict[tuple, list[dict[str, float]]] = {(*c, m): [] for c in configs for m in (False, True)}
     measure_baselines()
-    rows = []
-    for env_id in args.envs:
-        info = model_info_from_env(env_id)
-        model = fresh_gan(info, device, config)
-        for precision, num_envs, realism in itertools.product(args.precisions, args.num_envs, (True, False)):
-            dtype = getattr(torch, precision)
+    for round_index in range(args.rounds):
+        for env_id, precision, num_envs, realism in configs:
+            model = models[env_id]
             shapes = linear_shapes(model, realism)
-            matmul_gflops = bench_matmul(num_envs, shapes, device, args.seconds, dtype)
+            dtype = getattr(torch, precision)
+            matmul_runs[env_id, precision, num_envs, realism].append(
+                bench_matmul(num_envs, shapes, device, args.seconds, dtype)
+            )
             for torch_mode in (False, True):
                 result = bench_sim(model, num_envs, torch_mode, realism, precision, args.seconds)
-                rows.append(
-                    {
-                        "env_id": env_id,
-                        "num_envs": num_envs,
-                        "mode": "torch" if torch_mode else "numpy",
-                        "realism": realism,
-                        "precision": precision,
-                        **result,
-                        "matmul_gflops": matmul_gflops,
-                        "fraction_of_matmul": result["gflops"] / matmul_gflops,
-                    }
-                )
+                sim_runs[env_id, precision, num_envs, realism, torch_mode].append(result)
                 print(
-                    f"{env_id} {num_envs} {precision} {rows[-1]['mode']} realism={realism}: "
+                    f"round {round_index + 1}/{args.rounds}: {env_id} {num_envs} {precision} "
+                    f"{'torch' if torch_mode else 'numpy'} realism={realism}: "
                     f"{result['transitions_per_s']:,.0f} transitions/s",
                     flush=True,
                 )
         measure_baselines()
     baselines = {name: (baseline_names[name], max(runs)) for name, runs in baseline_runs.items()}
-    for row in rows:
-        name, rate = baselines.get(row["env_id"], ("-", float("nan")))
-        row.update(
-            baseline=name,
-            baseline_transitions_per_s=rate,
-            speedup_vs_baseline=row["transitions_per_s"] / rate,
+    rows = []
+    for (env_id, precision, num_envs, realism, torch_mode), runs in sim_runs.items():
+        result = max(runs, key=lambda r: r["transitions_per_s"])
+        matmul_gflops = max(matmul_runs[env_id, precision, num_envs, realism])
+        name, rate = baselines.get(env_id, ("-", float("nan")))
+        rows.append(
+            {
+                "env_id": env_id,
+                "num_envs": num_envs,
+                "mode": "torch" if torch_mode else "numpy",
+                "realism": realism,
+                "precision": precision,
+                **result,
+                "matmul_gflops": matmul_gflops,
+                "fraction_of_matmul": result["gflops"] / matmul_gflops,
+                "round_transitions_per_s": [r["transitions_per_s"] for r in runs],
+                "round_matmul_gflops": matmul_runs[env_id, precision, num_envs, realism],
+                "baseline": name,
+                "baseline_transitions_per_s": rate,
+                "speedup_vs_baseline": result["transitions_per_s"] / rate,
+            }
         )
 
     meta = {
@@ -283,6 +306,7 @@ def main() -> int:
         "baselines_transitions_per_s": {k: v[1] for k, v in baselines.items()},
         "baseline_measurements": baseline_runs,
         "seconds_per_measurement": args.seconds,
+        "rounds": args.rounds,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,70 @@
+"""scripts/bench_sim.py: rounds of measurements, each row and baseline keeping its best (on real envs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_sim.py"
+
+
+@pytest.fixture(scope="module")
+def bench_sim():
+    spec = importlib.util.spec_from_file_location("bench_sim", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(bench_sim, monkeypatch, argv: list[str]) -> int:
+    monkeypatch.setattr("sys.argv", ["bench_sim.py", *argv])
+    return bench_sim.main()
+
+
+def test_every_row_keeps_its_best_round_and_the_ratio_uses_the_best_baseline(
+    bench_sim, monkeypatch, tmp_path
+):
+    out = tmp_path / "sim"
+    argv = ["--envs", "Pendulum-v1", "--num-envs", "2", "--precisions", "float32", "--seconds", "0.03"]
+    assert _run(bench_sim, monkeypatch, [*argv, "--rounds", "2", "--threads", "1", "--out", str(out)]) == 0
+
+    report = json.loads(out.with_suffix(".json").read_text())
+    meta, rows = report["meta"], report["rows"]
+    assert meta["rounds"] == 2
+    # baselines: once before the first round and once after each round
+    assert {k: len(v) for k, v in meta["baseline_measurements"].items()} == {
+        "Pendulum-v1": 3,
+        "HalfCheetah-v5": 3,
+    }
+    best_baseline = max(meta["baseline_measurements"]["Pendulum-v1"])
+    assert meta["baselines_transitions_per_s"]["Pendulum-v1"] == best_baseline
+
+    # realism on/off x numpy/torch mode, each measured in both rounds
+    assert sorted((r["realism"], r["mode"]) for r in rows) == [
+        (False, "numpy"),
+        (False, "torch"),
+        (True, "numpy"),
+        (True, "torch"),
+    ]
+    for row in rows:
+        assert len(row["round_transitions_per_s"]) == 2 and len(row["round_matmul_gflops"]) == 2
+        assert row["transitions_per_s"] == max(row["round_transitions_per_s"]) > 0
+        assert row["matmul_gflops"] == max(row["round_matmul_gflops"])
+        assert row["speedup_vs_baseline"] == pytest.approx(row["transitions_per_s"] / best_baseline)
+        assert row["fraction_of_matmul"] == pytest.approx(row["gflops"] / row["matmul_gflops"])
+    table_rows = [
+        line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| Pendulum")
+    ]
+    assert len(table_rows) == 4
+
+
+def test_rounds_below_one_are_refused_before_anything_is_measured(bench_sim, monkeypatch, tmp_path, capsys):
+    out = tmp_path / "sim"
+    with pytest.raises(SystemExit) as exc:
+        _run(bench_sim, monkeypatch, ["--rounds", "0", "--out", str(out)])
+    assert exc.value.code == 2
+    assert "--rounds: expected a count >= 1, got 0" in capsys.readouterr().err
+    assert not out.with_suffix(".json").exists()
