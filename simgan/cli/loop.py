@@ -19,6 +19,11 @@ from typing import Any
 
 from simgan.errors import SimganError
 
+# The MPC settings that runs from before their flags existed were made with: stored in a run only when changed,
+# so those runs still resume (one place for the flags' defaults, the comparison and the agent's).
+MPC_DEFAULT_PARTICLES = 1
+MPC_DEFAULT_ITERATIONS = 5
+
 
 class LoopCLIError(SimganError):
     """Bad ``simgan loop`` arguments (e.g. an algorithm that does not fit the env's action space)."""
@@ -50,11 +55,16 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mpc-particles",
         type=int,
-        default=1,
+        default=MPC_DEFAULT_PARTICLES,
         help="MPC: learned-env samples per candidate, their returns averaged (PETS's particles: the model's "
         "futures differ from sample to sample)",
     )
-    parser.add_argument("--mpc-iterations", type=int, default=5, help="MPC: CEM iterations per real action")
+    parser.add_argument(
+        "--mpc-iterations",
+        type=int,
+        default=MPC_DEFAULT_ITERATIONS,
+        help="MPC: CEM iterations per real action",
+    )
     parser.add_argument(
         "--address", default=None, help="Ray cluster address; unset: $RAY_ADDRESS, else a local cluster"
     )
@@ -94,10 +104,9 @@ def run(args: argparse.Namespace) -> int:
         agent_params["keep_best"] = True
     if args.algo == "mpc":
         agent_params.update(horizon=args.mpc_horizon, population=args.mpc_population)
-        # stored only when not the default, so runs from before these flags existed still resume
-        if args.mpc_particles != 1:
+        if args.mpc_particles != MPC_DEFAULT_PARTICLES:
             agent_params["particles"] = args.mpc_particles
-        if args.mpc_iterations != 5:
+        if args.mpc_iterations != MPC_DEFAULT_ITERATIONS:
             agent_params["iterations"] = args.mpc_iterations
     records = run_loop(
         config,
@@ -294,8 +303,8 @@ class MPCLoopAgent:
         horizon: int,
         population: int,
         seed: int,
-        particles: int = 1,
-        iterations: int = 5,
+        particles: int = MPC_DEFAULT_PARTICLES,
+        iterations: int = MPC_DEFAULT_ITERATIONS,
     ):
         from simgan.cli.policies import planner_settings
 
