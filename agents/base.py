@@ -8,9 +8,11 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from agents.serialization import check_spaces, load_agent_files
+from agents.serialization import AgentFiles, check_spaces, load_agent_files, save_agent_files
 
 # algo name -> "module:Class"; the class has ``from_files(files: AgentFiles, device) -> Policy``.
 AGENT_CLASSES: dict[str, str] = {
@@ -104,6 +106,57 @@ class BasePolicy:
     def check_spaces(self, observation_space: gym.Space | None, action_space: gym.Space | None) -> None:
         """Raise :class:`SpaceMismatchError` when the given spaces are not the ones this agent was built for."""
         check_spaces(self.observation_space, self.action_space, observation_space, action_space)
+
+
+class NetworkAgent(BasePolicy):
+    """A policy made of networks and a config dataclass (SAC, PPO): seeded action sampling and its save format.
+
+    Subclasses set ``config`` (a dataclass with a ``seed`` field) and ``generator`` (the action-sampling
+    generator, seeded from ``config.seed``) in ``__init__``, and implement ``state_tensors``; their
+    ``from_files`` rebuild the agent with :meth:`config_from` and :meth:`load_module`.
+    """
+
+    config: Any
+    generator: torch.Generator
+
+    @property
+    def seed(self) -> int:
+        """The seed action sampling last started from: ``config.seed``, or the last :meth:`reseed`'s."""
+        return self.generator.initial_seed()
+
+    def reseed(self, seed: int) -> None:
+        """Restart action sampling from ``seed`` (weights and ``config`` unchanged; see ``SeededPolicy``)."""
+        self.generator.manual_seed(int(seed))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the agent needs to act and to resume training, by name (``<module>.<state key>``)."""
+        raise NotImplementedError
+
+    def save(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write the agent to ``directory`` (safetensors + agent.json, atomically); reload with ``load_agent``."""
+        return save_agent_files(
+            directory,
+            algo=self.algo,
+            config=dataclasses.asdict(self.config),
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            tensors=self.state_tensors(),
+            metadata=metadata,
+        )
+
+    @staticmethod
+    def config_from(files: AgentFiles, config_class: type) -> Any:
+        """``config_class`` from a saved config; keys it no longer has are left out."""
+        known = {f.name for f in dataclasses.fields(config_class)}
+        return config_class(**{k: v for k, v in files.config.items() if k in known})
+
+    @staticmethod
+    def load_module(module: torch.nn.Module, files: AgentFiles, name: str) -> None:
+        """Load ``module`` from the saved tensors named ``<name>.<state key>`` (strict: all keys, no others)."""
+        prefix = name + "."
+        module.load_state_dict(
+            {k[len(prefix) :]: v for k, v in files.tensors.items() if k.startswith(prefix)}, strict=True
+        )
 
 
 def obs_to_tensor(obs: Any, observation_space: gym.Space, device: torch.device) -> tuple[torch.Tensor, bool]:

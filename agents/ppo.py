@@ -16,8 +16,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,8 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from agents.base import (
-    BasePolicy,
     EpisodeTracker,
+    NetworkAgent,
     TrainResult,
     as_vector_env,
     autoreset_mode,
@@ -37,7 +35,7 @@ from agents.base import (
     real_next_obs,
     to_numpy,
 )
-from agents.serialization import AgentFiles, save_agent_files
+from agents.serialization import AgentFiles
 
 
 @dataclass
@@ -148,7 +146,7 @@ class ActorCritic(nn.Module):
         return log_prob, entropy, self.value(obs)
 
 
-class PPOAgent(BasePolicy):
+class PPOAgent(NetworkAgent):
     """A PPO actor-critic (+ its observation normaliser)."""
 
     algo = "ppo"
@@ -180,44 +178,16 @@ class PPOAgent(BasePolicy):
         actions = self.model.sample(self.normalize(obs), self.generator, deterministic)
         return actions + self.action_space.start if self.is_discrete else actions
 
-    @property
-    def seed(self) -> int:
-        """The seed action sampling last started from: ``config.seed``, or the last :meth:`reseed`'s."""
-        return self.generator.initial_seed()
-
-    def reseed(self, seed: int) -> None:
-        """Restart action sampling from ``seed`` (weights and ``config`` unchanged; see ``SeededPolicy``)."""
-        self.generator.manual_seed(int(seed))
-
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"obs_rms.{k}": v for k, v in self.obs_rms.state_dict().items()})
         return tensors
 
-    def save(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-        """Write the agent to ``directory`` (safetensors + agent.json, atomically); reload with ``load_agent``."""
-        return save_agent_files(
-            directory,
-            algo=self.algo,
-            config=dataclasses.asdict(self.config),
-            observation_space=self.observation_space,
-            action_space=self.action_space,
-            tensors=self.state_tensors(),
-            metadata=metadata,
-        )
-
     @classmethod
     def from_files(cls, files: AgentFiles, device: str | torch.device = "cpu") -> PPOAgent:
-        known = {f.name for f in dataclasses.fields(PPOConfig)}
-        agent = cls(
-            files.observation_space,
-            files.action_space,
-            PPOConfig(**{k: v for k, v in files.config.items() if k in known}),
-            device,
-        )
-        for name, module in (("model", agent.model), ("obs_rms", agent.obs_rms)):
-            state = {k[len(name) + 1 :]: v for k, v in files.tensors.items() if k.startswith(name + ".")}
-            module.load_state_dict(state, strict=True)
+        agent = cls(files.observation_space, files.action_space, cls.config_from(files, PPOConfig), device)
+        cls.load_module(agent.model, files, "model")
+        cls.load_module(agent.obs_rms, files, "obs_rms")
         return agent
 
 

@@ -18,8 +18,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -30,8 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from agents.base import (
-    BasePolicy,
     EpisodeTracker,
+    NetworkAgent,
     TrainResult,
     as_vector_env,
     autoreset_mode,
@@ -40,7 +38,7 @@ from agents.base import (
     real_next_obs,
     to_numpy,
 )
-from agents.serialization import AgentFiles, save_agent_files
+from agents.serialization import AgentFiles
 
 LOG_STD_MAX = 2.0
 LOG_STD_MIN = -5.0
@@ -150,7 +148,7 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 # agent
 
 
-class SACAgent(BasePolicy):
+class SACAgent(NetworkAgent):
     """A SAC policy with its critics (so training can resume from a saved agent)."""
 
     algo = "sac"
@@ -202,15 +200,6 @@ class SACAgent(BasePolicy):
         action, _, mean_action = self.actor.sample(obs, self.generator)
         return mean_action if deterministic else action
 
-    @property
-    def seed(self) -> int:
-        """The seed action sampling last started from: ``config.seed``, or the last :meth:`reseed`'s."""
-        return self.generator.initial_seed()
-
-    def reseed(self, seed: int) -> None:
-        """Restart action sampling from ``seed`` (weights and ``config`` unchanged; see ``SeededPolicy``)."""
-        self.generator.manual_seed(int(seed))
-
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {
             f"{name}.{k}": v for name, net in self.networks().items() for k, v in net.state_dict().items()
@@ -218,27 +207,13 @@ class SACAgent(BasePolicy):
         tensors["log_alpha"] = self.log_alpha.detach().reshape(1)
         return tensors
 
-    def save(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-        """Write the agent to ``directory`` (safetensors + agent.json, atomically); reload with ``load_agent``."""
-        return save_agent_files(
-            directory,
-            algo=self.algo,
-            config=dataclasses.asdict(self.config),
-            observation_space=self.observation_space,
-            action_space=self.action_space,
-            tensors=self.state_tensors(),
-            metadata=metadata,
-        )
-
     @classmethod
     def from_files(cls, files: AgentFiles, device: str | torch.device = "cpu") -> SACAgent:
-        known = {f.name for f in dataclasses.fields(SACConfig)}
-        config = SACConfig(**{k: v for k, v in files.config.items() if k in known})
-        agent = cls(files.observation_space, files.action_space, config, device=device)
+        agent = cls(
+            files.observation_space, files.action_space, cls.config_from(files, SACConfig), device=device
+        )
         for name, net in agent.networks().items():
-            prefix = name + "."
-            state = {k[len(prefix) :]: v for k, v in files.tensors.items() if k.startswith(prefix)}
-            net.load_state_dict(state, strict=True)
+            cls.load_module(net, files, name)
         agent.log_alpha = files.tensors["log_alpha"].reshape(()).to(agent.device)
         return agent
 
