@@ -16,12 +16,14 @@ Everything is measured in the same run, so the ratios hold on a noisy shared mac
 With ``--rounds R`` every row, its matmul chain and the baselines are measured R times, in R rounds one after
 another, and each keeps its best round (the JSON keeps all of them).
 
-Writes ``results/bench_sim.json`` and ``results/bench_sim.md`` (atomically).
+Writes ``results/bench_sim.json``, ``results/bench_sim.md`` and a plot of transitions/s against num_envs,
+``results/bench_sim.png`` (atomically); ``--plot-from JSON`` redraws the plot of an earlier run.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import platform
@@ -40,6 +42,8 @@ from simgan.sim_vector_env import SimVectorEnv
 from simgan.world_model import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]
+# The issue's CPU targets at num_envs >= 1024: transitions/s as a multiple of the real-env baseline.
+TARGET_RATIOS = {"Pendulum-v1": 5.0, "HalfCheetah-v5": 25.0}
 
 
 def timed(step, seconds: float, sync=lambda: None, repeats: int = 3, min_calls: int = 3) -> tuple[int, float]:
@@ -226,7 +230,18 @@ def main() -> int:
     parser.add_argument(
         "--out", default=str(ROOT / "results" / "bench_sim"), help="output path without suffix"
     )
+    parser.add_argument(
+        "--plot-from",
+        default=None,
+        metavar="JSON",
+        help="measure nothing: draw the plot of an earlier run's JSON to OUT.png",
+    )
     args = parser.parse_args()
+    if args.plot_from is not None:
+        report = json.loads(Path(args.plot_from).read_text())
+        write_plot(report, Path(args.out).with_suffix(".png"))
+        print(f"wrote {Path(args.out).with_suffix('.png')}")
+        return 0
     if args.rounds < 1:
         parser.error(f"--rounds: expected a count >= 1, got {args.rounds}")
     config = ModelConfig() if args.mean_hidden is None else ModelConfig(mean_hidden=tuple(args.mean_hidden))
@@ -320,7 +335,8 @@ def main() -> int:
     print(
         f"\n{table}\n\nBaselines (same run, best of {len(baseline_runs['Pendulum-v1'])}):\n{baseline_lines}"
     )
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_plot({"meta": meta, "rows": rows}, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
     print(json.dumps(meta, indent=1))
     return 0
 
@@ -330,6 +346,53 @@ _HEADER = (
     "| matmul GFLOP/s | fraction |\n"
     "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
 )
+
+
+def write_plot(report: dict, path: Path) -> None:
+    """Transitions/s against num_envs, one panel per source env (log-log): a line per precision, mode and
+    realism, the real-env baseline and the target multiple of it as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, meta = report["rows"], report["meta"]
+    envs = list(dict.fromkeys(r["env_id"] for r in rows))
+    fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 4.5), squeeze=False)
+    colors = {"float32": "C0", "bfloat16": "C1"}
+    for ax, env_id in zip(axes[0], envs):
+        env_rows = [r for r in rows if r["env_id"] == env_id]
+        lines = dict.fromkeys((r["precision"], r["mode"], r["realism"]) for r in env_rows)
+        for precision, mode, realism in lines:
+            points = sorted(
+                (r["num_envs"], r["transitions_per_s"])
+                for r in env_rows
+                if (r["precision"], r["mode"], r["realism"]) == (precision, mode, realism)
+            )
+            ax.plot(
+                *zip(*points),
+                color=colors.get(precision, "C2"),
+                marker="s" if mode == "torch" else "o",
+                linestyle="--" if realism else "-",
+                label=f"{precision}, {mode} mode, realism {'on' if realism else 'off'}",
+            )
+        baseline = env_rows[0]["baseline_transitions_per_s"]
+        ax.axhline(baseline, color="grey", label=f"real env: {env_rows[0]['baseline']} ({baseline:,.0f}/s)")
+        if env_id in TARGET_RATIOS:
+            ratio = TARGET_RATIOS[env_id]
+            ax.axhline(ratio * baseline, color="red", linestyle=":", label=f"target: {ratio:g}x the real env")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("num_envs (SimVectorEnv)")
+        ax.set_ylabel("transitions / s")
+        ax.set_title(f"learned {env_id} ({meta['device']}, {meta['torch_threads']} threads)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _row_md(r: dict) -> str:

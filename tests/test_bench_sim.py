@@ -59,6 +59,16 @@ def test_every_row_keeps_its_best_round_and_the_ratio_uses_the_best_baseline(
         line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| Pendulum")
     ]
     assert len(table_rows) == 4
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the plot is drawn again from the JSON alone, measuring nothing
+    replot = tmp_path / "again"
+    assert (
+        _run(bench_sim, monkeypatch, ["--plot-from", str(out.with_suffix(".json")), "--out", str(replot)])
+        == 0
+    )
+    assert replot.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not replot.with_suffix(".json").exists()
 
 
 def test_rounds_below_one_are_refused_before_anything_is_measured(bench_sim, monkeypatch, tmp_path, capsys):
