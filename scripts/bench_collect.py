@@ -30,6 +30,7 @@ import numpy as np
 
 from envs import make_env
 from simgan.collection import collect, default_envs_per_worker
+from simgan.fsutil import atomic_write_json
 
 # env id -> steps for each measurement
 DEFAULT_STEPS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 30_000}
@@ -211,7 +212,7 @@ def main() -> None:
         "results": results,
         "targets": checks,
     }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(out, payload)
     print(f"wrote {out}")
 
 

@@ -16,7 +16,6 @@ Writes ``results/bench_scale.json`` and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -32,6 +31,7 @@ import simgan
 from simgan.checkpoint import load_model_files
 from simgan.collection import connect_ray
 from simgan.distributed import train_distributed
+from simgan.fsutil import atomic_write_json
 from simgan.training import TrainConfig, train
 
 FIDELITY = ("best_energy_score", "next_obs_mse_mean", "next_obs_mse_sample", "mmd2")
@@ -184,7 +184,7 @@ def main() -> None:
     table = markdown(collect_rows, train_rows)
     result["table"] = table
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(table)
     print(f"written to {args.out}")
 

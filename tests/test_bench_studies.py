@@ -143,3 +143,25 @@ def test_forecast_models_scores_saved_models_like_the_benchmark(forecast_bench, 
     ):
         forecast_bench.main()
     assert not other.exists()
+
+
+def test_fidelity_sample_figure_of_a_multimodal_env_is_a_png(fidelity, tmp_path):
+    """The figure of both models' samples at one (s, a) over the true next states, written atomically."""
+    import envs  # noqa: F401  (registers simgan/KickedPendulum-v0)
+
+    dataset = simgan.collect(
+        "simgan/KickedPendulum-v0", steps=400, workers=0, out=tmp_path / "data", seed=0, progress=False
+    )
+    from simgan.ensemble import EnsembleConfig
+    from simgan.ensemble_training import train_ensemble
+
+    models = {
+        "gan": simgan.train(dataset, out=tmp_path / "gan", config=TINY_GAN, progress=False),
+        "ensemble": train_ensemble(
+            dataset, config=EnsembleConfig(members=2, elites=2, hidden=(32,), steps=20, progress=False)
+        ),
+    }
+    figure = tmp_path / "samples.png"
+    fidelity.sample_figure("simgan/KickedPendulum-v0", dataset, models, figure)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
