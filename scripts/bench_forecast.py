@@ -14,12 +14,16 @@ training chose on validation episodes (simgan.forecast_calibration); coverage wi
 Speed: a PETS-sized plan, 350 candidates x 20 particles x horizon 15 x 5 CEM iterations = 525,000 model
 transitions through ``simgan.forecast`` (open-loop plans, no realism scoring), GAN against ensemble, same run.
 
-Prints a table and writes JSON (default results/bench_forecast.json).
+Prints a table and writes JSON (default results/bench_forecast.json) and a plot beside it (same name, .png):
+coverage per env against the target band, and the planning workload's seconds per model against 1.5 s.
+``--plot-from JSON`` redraws the plot of an earlier run.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import platform
 import tempfile
 import time
@@ -32,7 +36,7 @@ import envs
 import simgan
 from simgan.ensemble import EnsembleConfig
 from simgan.ensemble_training import train_ensemble
-from simgan.fsutil import atomic_write_json
+from simgan.fsutil import atomic_write_bytes, atomic_write_json
 from simgan.training import TrainConfig
 
 ENVS = {
@@ -289,7 +293,18 @@ def main() -> None:
         "trained on the data this script collects, e.g. by bench_fidelity.py) on the same start states and plans",
     )
     parser.add_argument("--out", default="results/bench_forecast.json")
+    parser.add_argument(
+        "--plot-from",
+        default=None,
+        metavar="JSON",
+        help="measure nothing: draw the plot of an earlier run's JSON to --out with the suffix .png",
+    )
     args = parser.parse_args()
+    if args.plot_from is not None:
+        figure = Path(args.out).with_suffix(".png")
+        write_plot(json.loads(Path(args.plot_from).read_text()), figure)
+        print(f"wrote {figure}")
+        return
     torch.set_num_threads(args.threads)
     if args.models:
         saved_model_coverage(args)
@@ -359,16 +374,48 @@ def main() -> None:
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out,
-        {
-            "args": vars(args),
-            "machine": machine_info(args),
-            "calibration": rows,
-            "planning": speed,
-        },
-    )
-    print(f"wrote {out}")
+    report = {"args": vars(args), "machine": machine_info(args), "calibration": rows, "planning": speed}
+    atomic_write_json(out, report)
+    write_plot(report, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def write_plot(report: dict, path: Path) -> None:
+    """Coverage of the 10-90 % band per env and model against the target band (when the run measured it), and
+    the planning workload's seconds per model against the 1.5 s target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, speed = report["calibration"], report["planning"]
+    panels = 2 if rows else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+    if rows:
+        ax = axes[0][0]
+        x = np.arange(len(rows))
+        for offset, (model, color) in zip((-0.2, 0.2), (("gan", "C0"), ("ensemble", "C1"))):
+            ax.bar(x + offset, [r[f"{model}_coverage"] for r in rows], 0.4, color=color, label=model)
+        low, high = TARGET_COVERAGE - TOLERANCE, TARGET_COVERAGE + TOLERANCE
+        ax.axhspan(low, high, color="green", alpha=0.12, label=f"target {low:.0%}-{high:.0%}")
+        ax.set_xticks(x, [r["env"].removeprefix("simgan/") for r in rows], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("real futures inside the 10-90 % band")
+        ax.set_title("forecast calibration")
+        ax.legend(fontsize=8, loc="lower right")
+    ax = axes[0][-1]
+    names = [n for n in ("gan", "ensemble", "gan_bfloat16", "ensemble_bfloat16") if f"{n}_s" in speed]
+    ax.bar(names, [speed[f"{n}_s"] for n in names], color=["C0", "C1", "C0", "C1"][: len(names)])
+    ax.axhline(1.5, color="red", linestyle=":", label="GAN target: 1.5 s")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"PETS-sized planning workload on {speed['env']} ({speed['transitions']:,} transitions)")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 if __name__ == "__main__":

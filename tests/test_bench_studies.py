@@ -165,3 +165,13 @@ def test_fidelity_sample_figure_of_a_multimodal_env_is_a_png(fidelity, tmp_path)
     fidelity.sample_figure("simgan/KickedPendulum-v0", dataset, models, figure)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_forecast_plot_is_redrawn_from_the_stored_results(forecast_bench, monkeypatch, tmp_path):
+    """--plot-from draws results/bench_forecast.json's coverage and planning times, measuring nothing."""
+    stored = SCRIPTS.parent / "results" / "bench_forecast.json"
+    out = tmp_path / "forecast.json"
+    monkeypatch.setattr("sys.argv", ["bench_forecast.py", "--plot-from", str(stored), "--out", str(out)])
+    forecast_bench.main()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not out.exists()
