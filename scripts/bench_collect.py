@@ -12,11 +12,14 @@ processes, importing gymnasium/MuJoCo in them, writing the manifest, verifying t
 
 Every method runs ``--repeats`` times, interleaved round by round, and reports its best round: on a shared
 machine that is the measurement least disturbed by other processes, for the baselines and for Ray alike.
+
+Writes JSON (``--out``) and a bar chart beside it (same name, .png); ``--plot-from JSON`` redraws an earlier run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -30,7 +33,7 @@ import numpy as np
 
 from envs import make_env
 from simgan.collection import collect, default_envs_per_worker
-from simgan.fsutil import atomic_write_json
+from simgan.fsutil import atomic_write_bytes, atomic_write_json
 
 # env id -> steps for each measurement
 DEFAULT_STEPS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 30_000}
@@ -136,7 +139,18 @@ def main() -> None:
         help="interleaved rounds per env; each method reports its best round",
     )
     parser.add_argument("--out", default="results/bench_collect.json", help="where to write the JSON results")
+    parser.add_argument(
+        "--plot-from",
+        default=None,
+        metavar="JSON",
+        help="measure nothing: draw the plot of an earlier run's JSON to --out with the suffix .png",
+    )
     args = parser.parse_args()
+    if args.plot_from is not None:
+        figure = Path(args.out).with_suffix(".png")
+        write_plot(json.loads(Path(args.plot_from).read_text()), figure)
+        print(f"wrote {figure}")
+        return
 
     import ray
 
@@ -213,7 +227,50 @@ def main() -> None:
         "targets": checks,
     }
     atomic_write_json(out, payload)
-    print(f"wrote {out}")
+    write_plot(payload, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def write_plot(report: dict, path: Path) -> None:
+    """Steps/s per method and env (steady state; simgan.collect's whole call beside it), with each env's target
+    as a line: the baseline's rate times the ratio Ray with 2 workers must reach."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["single_loop", "sync_vector", "in_process", "ray_1", "ray_2"]
+    results = report["results"]
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.2), squeeze=False)
+    for ax, (env_id, row) in zip(axes[0], results.items()):
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [row[n] for n in names], 0.4, color="C0", label="steady state")
+        ax.bar(
+            x + 0.2,
+            [row.get(f"{n}_end_to_end", np.nan) for n in names],
+            0.4,
+            color="C0",
+            alpha=0.4,
+            label="whole call (simgan.collect)",
+        )
+        for check in report.get("targets", []):
+            if check["env"] == env_id:
+                level = check["target"] * row[check["baseline"]]
+                ax.axhline(
+                    level,
+                    color="red",
+                    linestyle=":",
+                    label=f"target: {check['measured']} >= {check['target']:g}x {check['baseline']}",
+                )
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_ylabel("real env steps / s")
+        ax.set_title(f"collecting {env_id} ({row['envs_per_worker']} envs per worker)")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 if __name__ == "__main__":

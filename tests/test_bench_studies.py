@@ -175,3 +175,14 @@ def test_forecast_plot_is_redrawn_from_the_stored_results(forecast_bench, monkey
     forecast_bench.main()
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not out.exists()
+
+
+def test_collect_plot_is_redrawn_from_the_stored_results(monkeypatch, tmp_path):
+    """--plot-from draws results/bench_collect.json's rates and targets, measuring nothing (no Ray started)."""
+    collect_bench = _script("bench_collect")
+    stored = SCRIPTS.parent / "results" / "bench_collect.json"
+    out = tmp_path / "collect.json"
+    monkeypatch.setattr("sys.argv", ["bench_collect.py", "--plot-from", str(stored), "--out", str(out)])
+    collect_bench.main()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not out.exists()
