@@ -449,3 +449,24 @@ def test_interrupted_cli_resumes_to_identical_dataset(
     assert done.returncode == 0, done.stderr
     assert "transitions  160,001" in done.stdout
     assert dir_bytes(out) == dir_bytes(ray_reference)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [gym.spaces.Box(-2.0, 3.0, (2,), np.float32), gym.spaces.Discrete(5, start=-1)],
+    ids=["box", "discrete"],
+)
+def test_random_actions_drawn_in_blocks_are_the_per_round_draws(space):
+    """A worker without a policy draws Box actions UNIFORM_BLOCK rounds at a time; over several blocks they are
+    the numbers one call per round gives, so datasets do not depend on the block size (Discrete: per round)."""
+    from simgan.rollout import UNIFORM_BLOCK, ActionSampler
+
+    rounds = 2 * UNIFORM_BLOCK + 7
+    blocked = ActionSampler(space, 3, None, np.random.default_rng(5))
+    per_round = ActionSampler(space, 3, None, np.random.default_rng(5))
+    obs = np.zeros((3, 4), np.float32)
+    got = np.stack([blocked(obs) for _ in range(rounds)])
+    want = np.stack([per_round.uniform() for _ in range(rounds)])
+    assert got.dtype == want.dtype and got.shape == (rounds, 3, *space.shape)
+    np.testing.assert_array_equal(got, want)
+    assert all(space.contains(a) for a in got.reshape(-1, *space.shape))
