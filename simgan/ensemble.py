@@ -201,9 +201,10 @@ class GaussianEnsemble(CalibratedRealism, nn.Module):
         """
         h = inputs.expand(len(self.weights[0]), *inputs.shape[-2:]) if inputs.dim() == 2 else inputs
         last = len(self.weights) - 1
-        # With no gradient recorded, SiLU works in place and, on the CPU, the hidden activations go to scratch
+        # With no gradient recorded, SiLU works in place and, on the CPU, large hidden activations go to scratch
         # buffers (simgan.workspace; the same values, no fresh allocation per layer), as in gan_networks.MLP.
-        inference, reuse = not torch.is_grad_enabled(), workspace.wanted(h)
+        widest = max(weight.shape[-1] for weight in self.weights[:-1])
+        inference, reuse = not torch.is_grad_enabled(), workspace.wanted(h, h.shape[0] * h.shape[1] * widest)
         low = workspace.lower_precision(h) if reuse else None  # autocast: the hidden layers in bfloat16
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             if reuse and i < last:

@@ -83,16 +83,25 @@ class MLP(nn.Sequential):
     """Linear, SiLU, ..., Linear (built by :func:`mlp`; state-dict keys as ``nn.Sequential``'s).
 
     With no gradient recorded (sampling, evaluation) a forward pass applies SiLU in place and, on the CPU, writes
-    the hidden activations into this thread's scratch buffers (:mod:`simgan.workspace`) instead of fresh tensors:
+    large hidden activations into this thread's scratch buffers (:mod:`simgan.workspace`) instead of fresh tensors:
     the same kernels and the same values, without the allocation and page faults of a new B x width activation
     per layer. Under ``torch.autocast`` (``precision="bfloat16"``) those layers run in its dtype, as
     ``nn.Sequential``'s would. With gradients it is ``nn.Sequential``'s forward.
     """
 
+    @property
+    def widest_hidden(self) -> int:
+        """The widest hidden layer (0 without one), worked out once."""
+        widest = self.__dict__.get("_widest_hidden")
+        if widest is None:
+            widths = [m.out_features for m in self if isinstance(m, nn.Linear)][:-1]
+            widest = self.__dict__["_widest_hidden"] = max(widths, default=0)
+        return widest
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.dim() != 2:
             return super().forward(x)
-        reuse = workspace.wanted(x)
+        reuse = workspace.wanted(x, x.shape[0] * self.widest_hidden)
         low = workspace.lower_precision(x) if reuse else None  # autocast: the hidden layers in bfloat16
         last = len(self) - 1
         slot = 0

@@ -10,7 +10,11 @@ seen and kept (separately inside and outside ``torch.inference_mode``). A forwar
 other), so only the final output needs a fresh tensor. Buffers are per thread, so models used from several threads
 at once do not share them; within a thread a forward pass uses them only until it returns.
 
-CUDA has its own caching allocator, so :func:`wanted` says no for it and callers keep their plain path.
+Small activations are better off fresh: below :data:`MIN_ELEMENTS` elements they come from the allocator's free
+lists without page faults, and the scratch path's per-layer Python bookkeeping costs more than it saves (measured
+on the learned env's step at 2 threads: the plain path was 7-15 % faster for the GAN up to 512 rows of 256 units
+and for the 7-member ensemble at 64 rows; scratch buffers were faster from 1,024 and 128 rows). CUDA has its own
+caching allocator, so :func:`wanted` says no for it too, and callers keep their plain path.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ import torch
 
 _local = threading.local()
 
+# The smallest hidden activation (in elements) worth a scratch buffer; 2^17 = 512 KB of float32.
+MIN_ELEMENTS = 1 << 17
 
-def wanted(x: torch.Tensor) -> bool:
-    """True where a forward pass on ``x`` should use scratch buffers: on the CPU, with no gradient recorded."""
-    return x.device.type == "cpu" and not torch.is_grad_enabled()
+
+def wanted(x: torch.Tensor, elements: int) -> bool:
+    """True where a forward pass on ``x`` whose largest hidden activation has ``elements`` elements should use
+    scratch buffers: on the CPU, with no gradient recorded, and at least :data:`MIN_ELEMENTS` of them."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and elements >= MIN_ELEMENTS
 
 
 def lower_precision(x: torch.Tensor) -> torch.dtype | None:

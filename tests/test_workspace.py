@@ -16,6 +16,12 @@ from simgan.ensemble import EnsembleConfig, GaussianEnsemble
 from simgan.gan_networks import MLP, mlp
 
 
+@pytest.fixture(autouse=True)
+def scratch_at_every_size(monkeypatch):
+    """These tests check the scratch path on small nets and batches, so it is taken at every size here."""
+    monkeypatch.setattr(workspace, "MIN_ELEMENTS", 0)
+
+
 def _net(seed: int = 0, spectral_norm: bool = False) -> MLP:
     torch.manual_seed(seed)
     return mlp(5, (64, 48, 64), 4, spectral_norm=spectral_norm).eval()
@@ -105,9 +111,34 @@ def test_scratch_grows_and_keeps_the_two_slots_apart() -> None:
     grown = workspace.scratch(0, (100, 4), like)
     assert grown.numel() == 400
     assert workspace.scratch(0, (2, 2), torch.zeros(1, dtype=torch.float64)).dtype == torch.float64
-    assert not workspace.wanted(torch.zeros(1, requires_grad=True))  # grad is on outside no_grad
+    assert not workspace.wanted(torch.zeros(1, requires_grad=True), 10)  # grad is on outside no_grad
     with torch.no_grad():
-        assert workspace.wanted(torch.zeros(1))
+        assert workspace.wanted(torch.zeros(1), 10)
+
+
+def test_only_activations_of_min_elements_or_more_take_scratch_buffers(monkeypatch) -> None:
+    """Below MIN_ELEMENTS a fresh activation is cheaper; the MLP and the ensemble size their widest hidden layer."""
+    monkeypatch.undo()  # the default threshold
+    assert workspace.MIN_ELEMENTS == 1 << 17
+    net = _net()  # hidden widths 64, 48, 64
+    assert net.widest_hidden == 64
+    with torch.no_grad():
+        assert not workspace.wanted(torch.zeros(1), workspace.MIN_ELEMENTS - 1)
+        assert workspace.wanted(torch.zeros(1), workspace.MIN_ELEMENTS)
+        workspace.release()
+        for rows, scratch_used in (
+            (workspace.MIN_ELEMENTS // 64 - 1, False),
+            (workspace.MIN_ELEMENTS // 64, True),
+        ):
+            x = torch.randn(rows, 5, generator=torch.Generator().manual_seed(rows))
+            assert torch.equal(net(x), _plain(net, x))
+            assert bool(getattr(workspace._local, "buffers", {})) == scratch_used, rows
+        workspace.release()
+        ensemble = _ensemble()  # 3 members x 32 units
+        ensemble(torch.randn(workspace.MIN_ELEMENTS // 96 - 1, 5))
+        assert not getattr(workspace._local, "buffers", {})
+        ensemble(torch.randn(workspace.MIN_ELEMENTS // 96 + 1, 5))
+        assert workspace._local.buffers
 
 
 def test_ensemble_forward_is_the_same_with_and_without_grad() -> None:
