@@ -267,3 +267,25 @@ def test_sample_repeated_is_the_sample_of_the_repeated_rows(model_and_batch) -> 
             noise=torch.randn(rows, CONFIG.noise_dim, generator=torch.Generator().manual_seed(6)),
         )[0],
     )
+
+
+def test_scoring_leaves_the_discriminator_in_its_mode_and_never_steps_spectral_norm() -> None:
+    """score() judges in eval mode (no power iteration of spectral norm) whether the model is training or not,
+    and hands the discriminator back in the mode it found it in."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    info = make_info(SPACES["box"])
+    batch = random_batch(info, 32)
+    model = ConditionalGAN(info, replace(CONFIG, spectral_norm=True))
+    model.normalizer.fit(batch, info)
+    vectors = {name: b.clone() for name, b in model.discriminator.named_buffers() if name.endswith("_u")}
+    assert vectors  # spectral norm's power-iteration vectors
+    for training in (True, False):
+        model.train(training)
+        first = model.score(*tensors(batch))
+        assert model.discriminator.training is training
+        assert torch.equal(model.score(*tensors(batch)), first)  # eval mode: no power-iteration step between
+    for name, b in model.discriminator.named_buffers():
+        if name in vectors:
+            assert torch.equal(b, vectors[name]), name
