@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import platform
 import shutil
@@ -53,7 +52,7 @@ import torch
 from agents import PPOAgent, PPOConfig, SACAgent, SACConfig, evaluate_policy, load_agent, train_ppo, train_sac
 from envs import make_env
 from simgan.cli.loop import GradientLoopAgent
-from simgan.fsutil import atomic_write_bytes, atomic_write_json
+from simgan.fsutil import atomic_write_bytes, atomic_write_figure, atomic_write_json
 from simgan.loop import LoopConfig, run_loop
 from simgan.sim_vector_env import SimVectorEnv
 
@@ -295,9 +294,7 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
         ax.set(title=env_id, xlabel="real env steps", ylabel="mean real return (10 episodes)")
         ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_figure(fig, path)
 
 
 def _seed_list(runs: list[dict[str, Any]]) -> str:

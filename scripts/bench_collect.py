@@ -19,7 +19,6 @@ Writes JSON (``--out``) and a bar chart beside it (same name, .png); ``--plot-fr
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ import numpy as np
 
 from envs import make_env
 from simgan.collection import collect, default_envs_per_worker
-from simgan.fsutil import atomic_write_bytes, atomic_write_json
+from simgan.fsutil import atomic_write_figure, atomic_write_json
 
 # env id -> steps for each measurement
 DEFAULT_STEPS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 30_000}
@@ -286,10 +285,7 @@ def write_plot(report: dict, path: Path) -> None:
         ax.set_title(f"collecting {env_id} ({row['envs_per_worker']} envs per worker)")
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_figure(fig, path)
 
 
 if __name__ == "__main__":

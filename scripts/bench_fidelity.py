@@ -22,7 +22,6 @@ distribution. Targets (ratio = GAN / ensemble of the seed means):
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import shutil
@@ -292,12 +291,9 @@ def sample_figure(env_id: str, dataset, models: dict[str, Any], path: Path) -> N
     ax.set_title(f"{env_id}\n{n} next-state samples at one (s, a)", fontsize=10)
     ax.legend(markerscale=2)
     fig.tight_layout()
-    from simgan.fsutil import atomic_write_bytes
+    from simgan.fsutil import atomic_write_figure
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_figure(fig, path, dpi=120)
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,7 +22,6 @@ coverage per env against the target band, and the planning workload's seconds pe
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import tempfile
@@ -36,7 +35,7 @@ import envs
 import simgan
 from simgan.ensemble import EnsembleConfig
 from simgan.ensemble_training import train_ensemble
-from simgan.fsutil import atomic_write_bytes, atomic_write_json
+from simgan.fsutil import atomic_write_figure, atomic_write_json
 from simgan.training import TrainConfig
 
 ENVS = {
@@ -412,10 +411,7 @@ def write_plot(report: dict, path: Path) -> None:
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Writes ``results/bench_sim.json``, ``results/bench_sim.md`` and a plot of transi
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import platform
@@ -36,7 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from simgan.device import resolve_device
-from simgan.fsutil import atomic_write_bytes, atomic_write_json
+from simgan.fsutil import atomic_write_bytes, atomic_write_figure, atomic_write_json
 from simgan.models import ConditionalGAN, ModelConfig
 from simgan.sim_vector_env import SimVectorEnv
 from simgan.world_model import ModelInfo
@@ -389,10 +388,7 @@ def write_plot(report: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_figure(fig, path)
 
 
 def _row_md(r: dict) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from simgan.forecasting import Forecast
-from simgan.fsutil import atomic_write_bytes
+from simgan.fsutil import atomic_write_figure
 
 
 def fan_chart(
@@ -72,12 +72,7 @@ def fan_chart(
         f"(live at end: {live[-1]})"
     )
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    atomic_write_figure(fig, path)
 
 
 def summary_table(result: Forecast) -> str:

@@ -1,4 +1,5 @@
-"""Small filesystem helpers shared by every module that writes to disk (stdlib only).
+"""Small filesystem helpers shared by every module that writes to disk (stdlib only; matplotlib for figures, imported
+by :func:`atomic_write_figure` when it is called).
 
 Every file simgan writes goes through :func:`atomic_write_bytes`: the bytes land in a temporary file in the
 same directory, are flushed to disk, and only then replace the target with ``os.replace``. A reader therefore
@@ -33,6 +34,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_figure(figure: Any, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Render a matplotlib ``figure`` as PNG, write it atomically and close it (matplotlib is imported only
+    here, by whoever already made the figure)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
