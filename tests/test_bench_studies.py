@@ -167,22 +167,13 @@ def test_fidelity_sample_figure_of_a_multimodal_env_is_a_png(fidelity, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-def test_forecast_plot_is_redrawn_from_the_stored_results(forecast_bench, monkeypatch, tmp_path):
-    """--plot-from draws results/bench_forecast.json's coverage and planning times, measuring nothing."""
-    stored = SCRIPTS.parent / "results" / "bench_forecast.json"
-    out = tmp_path / "forecast.json"
-    monkeypatch.setattr("sys.argv", ["bench_forecast.py", "--plot-from", str(stored), "--out", str(out)])
-    forecast_bench.main()
-    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not out.exists()
-
-
-def test_collect_plot_is_redrawn_from_the_stored_results(monkeypatch, tmp_path):
-    """--plot-from draws results/bench_collect.json's rates and targets, measuring nothing (no Ray started)."""
-    collect_bench = _script("bench_collect")
-    stored = SCRIPTS.parent / "results" / "bench_collect.json"
-    out = tmp_path / "collect.json"
-    monkeypatch.setattr("sys.argv", ["bench_collect.py", "--plot-from", str(stored), "--out", str(out)])
-    collect_bench.main()
+@pytest.mark.parametrize("name", ["bench_forecast", "bench_collect"])
+def test_plot_is_redrawn_from_the_stored_results(name, monkeypatch, tmp_path):
+    """--plot-from draws the stored results/<name>.json (bench_forecast: coverage and planning times;
+    bench_collect: rates and targets) and measures nothing: no JSON is written, no Ray is started."""
+    stored = SCRIPTS.parent / "results" / f"{name}.json"
+    out = tmp_path / "again.json"
+    monkeypatch.setattr("sys.argv", [f"{name}.py", "--plot-from", str(stored), "--out", str(out)])
+    _script(name).main()
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not out.exists()
