@@ -10,12 +10,14 @@ seconds`` of the workers' ``train`` call (generator-step conditions; data loadin
 checkpoint included; the start-up of Ray and of Ray Train's worker group is not, it shows in the wall time).
 Each worker uses one CPU (Ray sets one intra-op thread per worker); so does the in-process row. Settings are
 interleaved over ``--repeats`` and medians reported; ratios are against the 1-worker rows of the same run.
-Writes ``results/bench_scale.json`` and prints a markdown table.
+Writes ``results/bench_scale.json``, a plot beside it (same name, .png: transitions/s per setting with the range
+over repeats) and prints a markdown table; ``--plot-from JSON`` redraws the plot of an earlier run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -31,7 +33,7 @@ import simgan
 from simgan.checkpoint import load_model_files
 from simgan.collection import connect_ray
 from simgan.distributed import train_distributed
-from simgan.fsutil import atomic_write_json
+from simgan.fsutil import atomic_write_figure, atomic_write_json
 from simgan.training import TrainConfig, train
 
 FIDELITY = ("best_energy_score", "next_obs_mse_mean", "next_obs_mse_sample", "mmd2")
@@ -47,6 +49,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256, help="per worker")
     p.add_argument("--repeats", type=int, default=1, help="runs per setting (medians reported)")
     p.add_argument("--out", default="results/bench_scale.json")
+    p.add_argument(
+        "--plot-from",
+        default=None,
+        metavar="JSON",
+        help="measure nothing: draw the plot of an earlier run's JSON to --out with the suffix .png",
+    )
     return p.parse_args()
 
 
@@ -141,8 +149,40 @@ def markdown(collect_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]
     return "\n".join(lines)
 
 
+def write_plot(result: dict[str, Any], path: Path) -> None:
+    """Collection and training transitions/s per setting (median, with the range over repeats as error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (
+        ("collection (simgan.collect)", result["collect"], lambda r: f"{r['workers']} worker(s)"),
+        ("GAN training", result["train"], lambda r: f"{r['mode']}\n{r['workers']} worker(s)"),
+    )
+    for ax, (title, rows, label) in zip(axes, panels):
+        rates = [r["transitions_per_second"] for r in rows]
+        errors = [
+            [rate - r["min"] for rate, r in zip(rates, rows)],
+            [r["max"] - rate for rate, r in zip(rates, rows)],
+        ]
+        ax.bar([label(r) for r in rows], rates, yerr=errors, capsize=4, color="C0")
+        ax.set_ylabel("transitions / s (median; bars: range over repeats)")
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"scaling on Ray, {result['machine']['cpus']} CPUs", fontsize=10)
+    fig.tight_layout()
+    atomic_write_figure(fig, path)
+
+
 def main() -> None:
     args = parse_args()
+    if args.plot_from is not None:
+        figure = Path(args.out).with_suffix(".png")
+        write_plot(json.loads(Path(args.plot_from).read_text()), figure)
+        print(f"wrote {figure}")
+        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
@@ -170,6 +210,7 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
+            if k != "plot_from"
         ),
         "machine": {
             "cpus": os.cpu_count(),
@@ -185,8 +226,9 @@ def main() -> None:
     result["table"] = table
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
+    write_plot(result, Path(args.out).with_suffix(".png"))
     print(table)
-    print(f"written to {args.out}")
+    print(f"written to {args.out} and {Path(args.out).with_suffix('.png')}")
 
 
 if __name__ == "__main__":

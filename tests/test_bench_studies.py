@@ -167,10 +167,11 @@ def test_fidelity_sample_figure_of_a_multimodal_env_is_a_png(fidelity, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-@pytest.mark.parametrize("name", ["bench_forecast", "bench_collect"])
+@pytest.mark.parametrize("name", ["bench_forecast", "bench_collect", "bench_scale"])
 def test_plot_is_redrawn_from_the_stored_results(name, monkeypatch, tmp_path):
     """--plot-from draws the stored results/<name>.json (bench_forecast: coverage and planning times;
-    bench_collect: rates and targets) and measures nothing: no JSON is written, no Ray is started."""
+    bench_collect: rates and targets; bench_scale: rates per worker count) and measures nothing: no JSON is
+    written, no Ray is started."""
     stored = SCRIPTS.parent / "results" / f"{name}.json"
     out = tmp_path / "again.json"
     monkeypatch.setattr("sys.argv", [f"{name}.py", "--plot-from", str(stored), "--out", str(out)])
