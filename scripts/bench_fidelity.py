@@ -94,6 +94,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="results/bench_fidelity", help="output directory")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(
+        "--plot-from",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="train nothing: draw OUT/checks.png from these results files (e.g. results/bench_fidelity/*.json)",
+    )
+    p.add_argument(
         "--table-only", action="store_true", help="rebuild table.md from OUT/results.json, train nothing"
     )
     return p.parse_args()
@@ -306,6 +313,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def checks_figure(envs: dict[str, dict[str, Any]], path: Path) -> None:
+    """Every target's GAN / ensemble ratio (log scale) against its limit, one bar per env and metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from simgan.fsutil import atomic_write_figure
+
+    rows = [
+        (f"{env.removeprefix('simgan/')}: {metric}", check)
+        for env, entry in envs.items()
+        for metric, check in entry["checks"].items()
+        if "ratio" in check
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    y = np.arange(len(rows))
+    ax.barh(y, [c["ratio"] for _, c in rows], color=["C2" if c["pass"] else "C3" for _, c in rows])
+    ax.scatter([c["limit"] for _, c in rows], y, marker="|", s=300, color="black", label="target: at most")
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("GAN / Gaussian ensemble (lower: the GAN is better; green: target met)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    atomic_write_figure(fig, path)
+
+
 def main() -> None:
     from simgan.fsutil import atomic_write_bytes, atomic_write_json
 
@@ -314,6 +350,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    if args.plot_from:
+        envs = {}
+        for stored in args.plot_from:
+            envs.update(json.loads(Path(stored).read_text())["envs"])
+        checks_figure(envs, root / "checks.png")
+        print(f"wrote {root / 'checks.png'}")
+        return
     if args.table_only:  # e.g. after changing the targets: re-summarise the stored per-seed metrics
         stored = json.loads((root / "results.json").read_text())
         summaries = {env: summarize(env, entry["per_seed"]) for env, entry in stored["envs"].items()}
@@ -322,6 +365,7 @@ def main() -> None:
         atomic_write_json(root / "results.json", stored)
         table = format_table(summaries, min(len(entry["per_seed"]) for entry in stored["envs"].values()))
         atomic_write_bytes(root / "table.md", (table + "\n").encode())
+        checks_figure(stored["envs"], root / "checks.png")
         print(table)
         return
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -364,6 +408,7 @@ def main() -> None:
     everything = {env: summarize(env, entry["per_seed"]) for env, entry in results["envs"].items()}
     table = format_table(everything, min(len(entry["per_seed"]) for entry in results["envs"].values()))
     atomic_write_bytes(root / "table.md", (table + "\n").encode())
+    checks_figure(results["envs"], root / "checks.png")
     print(table)
 
 

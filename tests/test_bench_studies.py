@@ -178,3 +178,13 @@ def test_plot_is_redrawn_from_the_stored_results(name, monkeypatch, tmp_path):
     _script(name).main()
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not out.exists()
+
+
+def test_fidelity_checks_plot_is_drawn_from_the_stored_results(fidelity, monkeypatch, tmp_path):
+    """--plot-from draws every target's ratio from the stored results files into OUT/checks.png, training nothing."""
+    stored = SCRIPTS.parent / "results" / "bench_fidelity"
+    files = [str(stored / "multimodal.json"), str(stored / "deterministic.json")]
+    monkeypatch.setattr("sys.argv", ["bench_fidelity.py", "--plot-from", *files, "--out", str(tmp_path)])
+    fidelity.main()
+    assert (tmp_path / "checks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checks.png"]
