@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_agents.py"
+from bench_scripts import SCRIPTS, load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_agents", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_agents")
 
 
 def _part(first_seed: int, seeds: int, *, record_seed: bool = True, preset: dict | None = None) -> dict:
@@ -130,7 +125,16 @@ def test_rank_only_and_rank_episodes_refuse_what_they_cannot_use(tmp_path: Path,
     import sys
 
     work, out = tmp_path / "work", tmp_path / "out"
-    command = [sys.executable, str(SCRIPT), "--envs", "CartPole-v1", "--seeds", "1", "--work-dir", str(work)]
+    command = [
+        sys.executable,
+        str(SCRIPTS / "bench_agents.py"),
+        "--envs",
+        "CartPole-v1",
+        "--seeds",
+        "1",
+        "--work-dir",
+        str(work),
+    ]
     done = subprocess.run(
         [*command, "--out", str(out), *flags],
         capture_output=True,

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_sim.py"
+from bench_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench_sim():
-    spec = importlib.util.spec_from_file_location("bench_sim", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_sim")
 
 
 def _run(bench_sim, monkeypatch, argv: list[str]) -> int:

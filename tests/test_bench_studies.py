@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import SCRIPTS, load_script
 from tiny_configs import TINY_GAN
 
 import simgan
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def fidelity():
-    return _script("bench_fidelity")
+    return load_script("bench_fidelity")
 
 
 @pytest.fixture(scope="module")
 def forecast_bench():
-    return _script("bench_forecast")
+    return load_script("bench_forecast")
 
 
 def _fidelity_args(fidelity, argv: list[str]) -> argparse.Namespace:
@@ -175,7 +165,7 @@ def test_plot_is_redrawn_from_the_stored_results(name, monkeypatch, tmp_path):
     stored = SCRIPTS.parent / "results" / f"{name}.json"
     out = tmp_path / "again.json"
     monkeypatch.setattr("sys.argv", [f"{name}.py", "--plot-from", str(stored), "--out", str(out)])
-    _script(name).main()
+    load_script(name).main()
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not out.exists()
 
