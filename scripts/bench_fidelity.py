@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from simgan.train_config import ACTIVATION_NAMES
+
 MULTIMODAL = ("simgan/KickedPendulum-v0", "simgan/ForkingPointMass-v0")
 DEFAULT_ENVS = ("Pendulum-v1", "CartPole-v1", "HalfCheetah-v5", *MULTIMODAL)
 # (metric, limit on GAN / ensemble) per env kind; lower metric = better for all of them
@@ -71,6 +73,12 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         default=None,
         help="GAN mean-head hidden sizes, for architecture studies (default: TrainConfig's)",
+    )
+    p.add_argument(
+        "--gan-activation",
+        choices=list(ACTIVATION_NAMES),
+        default=None,
+        help="GAN hidden-layer activation, for speed / fidelity studies (default: TrainConfig's)",
     )
     p.add_argument(
         "--gan-lr-mean",
@@ -141,6 +149,8 @@ def train_pair(
     overrides = {} if args.gan_mean_hidden is None else {"mean_hidden": tuple(args.gan_mean_hidden)}
     if args.gan_lr_mean is not None:
         overrides["lr_mean"] = args.gan_lr_mean
+    if args.gan_activation is not None:
+        overrides["activation"] = args.gan_activation
     gan_dir = root / "runs" / f"{slug(env_id)}__gan__{seed}"
     start = time.perf_counter()
     gan = train(
@@ -441,6 +451,7 @@ SAME_RUN_SETTINGS = (
     "cond_points",
     "gan_mean_hidden",
     "gan_lr_mean",
+    "gan_activation",
 )
 
 

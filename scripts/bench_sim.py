@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from simgan.device import resolve_device
 from simgan.fsutil import atomic_write_bytes, atomic_write_figure, atomic_write_json
+from simgan.gan_networks import ACTIVATIONS
 from simgan.models import ConditionalGAN, ModelConfig
 from simgan.sim_vector_env import SimVectorEnv
 from simgan.world_model import ModelInfo
@@ -227,6 +228,12 @@ def main() -> int:
         help="mean-head hidden sizes, for architecture studies (default: simgan train's)",
     )
     parser.add_argument(
+        "--activation",
+        choices=list(ACTIVATIONS),
+        default=ModelConfig.activation,
+        help="hidden-layer activation of the model's networks (simgan train --activation)",
+    )
+    parser.add_argument(
         "--out", default=str(ROOT / "results" / "bench_sim"), help="output path without suffix"
     )
     parser.add_argument(
@@ -243,7 +250,8 @@ def main() -> int:
         return 0
     if args.rounds < 1:
         parser.error(f"--rounds: expected a count >= 1, got {args.rounds}")
-    config = ModelConfig() if args.mean_hidden is None else ModelConfig(mean_hidden=tuple(args.mean_hidden))
+    mean_hidden = ModelConfig.mean_hidden if args.mean_hidden is None else tuple(args.mean_hidden)
+    config = ModelConfig(mean_hidden=mean_hidden, activation=args.activation)
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

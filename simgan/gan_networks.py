@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,13 @@ from simgan.dataset_format import TransitionBatch
 from simgan.world_model import CONSTANT_COLUMN_STD, ModelInfo
 
 _INV_SQRT2 = 0.7071067811865476
+
+# The hidden layers' activation of the GAN's networks (ModelConfig.activation): its module, and the function a
+# no-grad forward pass applies in place. SiLU is smooth, which the regression-precise mean heads of deterministic
+# dynamics rely on; ReLU costs almost nothing on the CPU, where bfloat16 SiLU is ~20 % of a large batch's step.
+Activation = Literal["silu", "relu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
+_IN_PLACE = {nn.SiLU: nn.functional.silu, nn.ReLU: nn.functional.relu}
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class ModelConfig:
     # True: the mean head's output is the mean before the observation space's clip; samples are clipped, the
     # mean is not (False: models saved before it, whose mean is clipped before the residual is added)
     mean_before_clip: bool = True
+    activation: Activation = "silu"  # of every hidden layer (ACTIVATIONS)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +64,7 @@ class ModelConfig:
         values.setdefault("termination_hidden", [])  # ... and before the termination head had its own net
         # ... and before the mean head predicted the mean before the clip
         values.setdefault("mean_before_clip", False)
+        values.setdefault("activation", "silu")  # ... and before the activation could be chosen
         for key in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             values[key] = tuple(int(h) for h in values[key])
         return cls(**values)
@@ -63,10 +72,26 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             check_hidden_sizes(name, tuple(getattr(self, name)), allow_empty=name == "termination_hidden")
+        check_activation(self.activation)
 
 
-def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, *, spectral_norm: bool = False) -> MLP:
-    """A SiLU MLP: in_dim -> hidden... -> out_dim (linear output), optionally spectrally normalised."""
+def check_activation(activation: Any) -> None:
+    """Raise a ValueError unless ``activation`` names one of :data:`ACTIVATIONS`."""
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {list(ACTIVATIONS)}, got {activation!r}")
+
+
+def mlp(
+    in_dim: int,
+    hidden: tuple[int, ...],
+    out_dim: int,
+    *,
+    spectral_norm: bool = False,
+    activation: Activation = "silu",
+) -> MLP:
+    """An MLP: in_dim -> hidden... -> out_dim (linear output) with ``activation`` (:data:`ACTIVATIONS`) after
+    each hidden layer, optionally spectrally normalised."""
+    check_activation(activation)
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden, out_dim]
     for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
@@ -75,14 +100,14 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, *, spectral_norm: bo
             linear = nn.utils.parametrizations.spectral_norm(linear)
         layers.append(linear)
         if i < len(dims) - 2:
-            layers.append(nn.SiLU())
+            layers.append(ACTIVATIONS[activation]())
     return MLP(*layers)
 
 
 class MLP(nn.Sequential):
-    """Linear, SiLU, ..., Linear (built by :func:`mlp`; state-dict keys as ``nn.Sequential``'s).
+    """Linear, activation, ..., Linear (built by :func:`mlp`; state-dict keys as ``nn.Sequential``'s).
 
-    With no gradient recorded (sampling, evaluation) a forward pass applies SiLU in place and, on the CPU, writes
+    With no gradient recorded (sampling, evaluation) a forward pass applies the activation in place and, on the CPU, writes
     large hidden activations into this thread's scratch buffers (:mod:`simgan.workspace`) instead of fresh tensors:
     the same kernels and the same values, without the allocation and page faults of a new B x width activation
     per layer. Under ``torch.autocast`` (``precision="bfloat16"``) those layers run in its dtype, as
@@ -107,7 +132,7 @@ class MLP(nn.Sequential):
         slot = 0
         for i, layer in enumerate(self):
             if not isinstance(layer, nn.Linear):
-                x = nn.functional.silu(x, inplace=True)  # x is the fresh output of the Linear before it
+                x = _IN_PLACE[type(layer)](x, inplace=True)  # x is the fresh output of the Linear before it
             elif i == last or not reuse or layer.bias is None:
                 x = nn.functional.linear(x, layer.weight, layer.bias)  # autocast casts (out= is not cast)
             else:
@@ -199,14 +224,22 @@ class Generator(nn.Module):
         self.obs_dim, self.target_dim = obs_dim, target_dim
         own_termination = bool(config.termination_hidden)
         # older models: the termination logit is the mean head's last output
-        self.mean_net = mlp(cond_dim, config.mean_hidden, target_dim + (0 if own_termination else 1))
+        act = config.activation
+        self.mean_net = mlp(
+            cond_dim, config.mean_hidden, target_dim + (0 if own_termination else 1), activation=act
+        )
         self.noise_components = config.noise_components
         self.residual_net = mlp(
-            cond_dim + config.noise_dim + config.noise_components, config.residual_hidden, target_dim
+            cond_dim + config.noise_dim + config.noise_components,
+            config.residual_hidden,
+            target_dim,
+            activation=act,
         )
         self.register_buffer("residual_scale", torch.ones(target_dim))
         self.termination_net = (
-            mlp(cond_dim + target_dim, config.termination_hidden, 1) if own_termination else None
+            mlp(cond_dim + target_dim, config.termination_hidden, 1, activation=act)
+            if own_termination
+            else None
         )
 
     def mean(self, cond: torch.Tensor) -> torch.Tensor:
@@ -274,7 +307,11 @@ class Discriminator(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, config: ModelConfig) -> None:
         super().__init__()
         self.net = mlp(
-            2 * obs_dim + action_dim + 1, config.disc_hidden, 1, spectral_norm=config.spectral_norm
+            2 * obs_dim + action_dim + 1,
+            config.disc_hidden,
+            1,
+            spectral_norm=config.spectral_norm,
+            activation=config.activation,
         )
 
     def forward(self, cond: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 DEFAULT_STEPS = 4000
 LOSSES = ("minimax", "nonsaturating", "wgan-gp", "hinge")
+ACTIVATION_NAMES = ("silu", "relu")  # simgan.gan_networks.ACTIVATIONS (a test keeps the two equal)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,13 @@ class TrainConfig:
     spectral_norm: bool = field(
         default=False, metadata={"help": "spectral normalisation in the discriminator"}
     )
+    activation: Literal["silu", "relu"] = field(
+        default="silu",
+        metadata={
+            "help": "hidden-layer activation of every GAN network: silu (smooth; the precise choice for "
+            "deterministic dynamics) or relu (cheaper: a faster learned env on CPUs, measure its fidelity first)"
+        },
+    )
     eval_every: int = field(default=250, metadata={"help": "steps between validation evaluations"})
     eval_size: int = field(default=2048, metadata={"help": "validation transitions scored per evaluation"})
     early_stop_evals: int = field(
@@ -149,6 +157,8 @@ class TrainConfig:
             raise ValueError(f"samples_per_condition: expected >= 2, got {self.samples_per_condition}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss: expected one of {list(LOSSES)}, got {self.loss!r}")
+        if self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"activation: expected one of {list(ACTIVATION_NAMES)}, got {self.activation!r}")
         for name in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             check_hidden_sizes(name, getattr(self, name), allow_empty=name == "termination_hidden")
 
@@ -170,6 +180,7 @@ class TrainConfig:
             spectral_norm=self.spectral_norm,
             loss=self.loss,
             mean_before_clip=self.mean_before_clip and self.clamp_mean,
+            activation=self.activation,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -186,4 +197,5 @@ class TrainConfig:
         values.setdefault("clamp_mean", False)
         values.setdefault("mean_before_clip", False)
         values.setdefault("mean_ema", 0.0)
+        values.setdefault("activation", "silu")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})

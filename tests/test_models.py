@@ -167,6 +167,16 @@ def test_config_saved_before_the_discrete_latent_loads_without_it() -> None:
     assert ModelConfig.from_json(saved).noise_components == 0
 
 
+def test_config_saved_before_the_activation_could_be_chosen_loads_as_silu() -> None:
+    from simgan.gan_networks import ACTIVATIONS
+    from simgan.train_config import ACTIVATION_NAMES, TrainConfig
+
+    saved = {k: v for k, v in CONFIG.to_json().items() if k != "activation"}
+    assert ModelConfig.from_json(saved).activation == "silu"
+    assert TrainConfig.from_json({}).model_config().activation == "silu"
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # TrainConfig checks names without importing torch
+
+
 def test_termination_is_decided_on_the_sampled_transition() -> None:
     """p(terminated | s, a, s'): with a head that fires when the normalised delta of dim 0 is positive, the same
     (s, a) ends or not depending on the sample the noise drew."""

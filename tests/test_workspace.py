@@ -13,7 +13,7 @@ from torch import nn
 
 from simgan import workspace
 from simgan.ensemble import EnsembleConfig, GaussianEnsemble
-from simgan.gan_networks import MLP, mlp
+from simgan.gan_networks import ACTIVATIONS, MLP, mlp
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +22,9 @@ def scratch_at_every_size(monkeypatch):
     monkeypatch.setattr(workspace, "MIN_ELEMENTS", 0)
 
 
-def _net(seed: int = 0, spectral_norm: bool = False) -> MLP:
+def _net(seed: int = 0, spectral_norm: bool = False, activation: str = "silu") -> MLP:
     torch.manual_seed(seed)
-    return mlp(5, (64, 48, 64), 4, spectral_norm=spectral_norm).eval()
+    return mlp(5, (64, 48, 64), 4, spectral_norm=spectral_norm, activation=activation).eval()
 
 
 def _ensemble() -> GaussianEnsemble:
@@ -38,15 +38,17 @@ def _ensemble() -> GaussianEnsemble:
 
 
 def _plain(net: MLP, x: torch.Tensor) -> torch.Tensor:
-    """The forward pass without scratch buffers or in-place SiLU: nn.Sequential's, with grad on."""
+    """The forward pass without scratch buffers or in-place activations: nn.Sequential's, with grad on."""
     with torch.enable_grad():
         return nn.Sequential.forward(net, x).detach()
 
 
-def test_no_grad_forward_equals_the_plain_forward_bit_for_bit() -> None:
+@pytest.mark.parametrize("activation", ["silu", "relu"])
+def test_no_grad_forward_equals_the_plain_forward_bit_for_bit(activation: str) -> None:
     workspace.release()
     for spectral_norm in (False, True):
-        net = _net(spectral_norm=spectral_norm)
+        net = _net(spectral_norm=spectral_norm, activation=activation)
+        assert sum(isinstance(m, ACTIVATIONS[activation]) for m in net) == 3
         # a large batch first, then smaller ones that use a prefix of the grown buffers, then a larger one again
         for rows in (300, 7, 1, 120, 500):
             x = torch.randn(rows, 5, generator=torch.Generator().manual_seed(rows))
@@ -155,10 +157,11 @@ def test_ensemble_forward_is_the_same_with_and_without_grad() -> None:
         assert torch.equal(got, want)
 
 
-def test_autocast_runs_the_hidden_layers_in_bfloat16_like_the_plain_forward() -> None:
+@pytest.mark.parametrize("activation", ["silu", "relu"])
+def test_autocast_runs_the_hidden_layers_in_bfloat16_like_the_plain_forward(activation: str) -> None:
     # Autocast skips calls with out=, so the scratch path must cast for itself: without that its hidden layers
     # stayed float32 and precision="bfloat16" only cast the last layer (slower than float32, not faster).
-    net = _net()
+    net = _net(activation=activation)
     x = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.enable_grad():
