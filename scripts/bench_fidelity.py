@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from simgan.train_config import ACTIVATION_NAMES
+from simgan.config import ACTIVATION_NAMES
 
 MULTIMODAL = ("simgan/KickedPendulum-v0", "simgan/ForkingPointMass-v0")
 DEFAULT_ENVS = ("Pendulum-v1", "CartPole-v1", "HalfCheetah-v5", *MULTIMODAL)

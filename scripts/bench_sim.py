@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from simgan.config import ACTIVATION_NAMES
 from simgan.device import resolve_device
 from simgan.fsutil import atomic_write_bytes, atomic_write_figure, atomic_write_json
-from simgan.gan_networks import ACTIVATIONS
 from simgan.models import ConditionalGAN, ModelConfig
 from simgan.sim_vector_env import SimVectorEnv
 from simgan.world_model import ModelInfo
@@ -229,7 +229,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--activation",
-        choices=list(ACTIVATIONS),
+        choices=list(ACTIVATION_NAMES),
         default=ModelConfig.activation,
         help="hidden-layer activation of the model's networks (simgan train --activation)",
     )

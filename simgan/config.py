@@ -68,6 +68,18 @@ def dataclass_from_namespace(cls: type, namespace: argparse.Namespace, **overrid
     return cls(**values)
 
 
+# The GAN networks' hidden-layer activations (ModelConfig / TrainConfig.activation; their modules:
+# simgan.gan_networks.ACTIVATIONS, which a test keeps equal to these names)
+Activation = Literal["silu", "relu"]
+ACTIVATION_NAMES: tuple[str, ...] = get_args(Activation)
+
+
+def check_activation(activation: Any) -> None:
+    """Raise a ValueError unless ``activation`` is one of :data:`ACTIVATION_NAMES`."""
+    if not isinstance(activation, str) or activation not in ACTIVATION_NAMES:
+        raise ValueError(f"activation: expected one of {list(ACTIVATION_NAMES)}, got {activation!r}")
+
+
 def check_hidden_sizes(name: str, sizes: Any, *, allow_empty: bool = False) -> None:
     """Raise a ValueError naming ``name`` unless ``sizes`` is a sequence of positive layer widths."""
     valid = isinstance(sizes, (tuple, list)) and all(

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from simgan import workspace
-from simgan.config import check_hidden_sizes
+from simgan.config import Activation, check_activation, check_hidden_sizes
 from simgan.dataset_format import TransitionBatch
 from simgan.world_model import CONSTANT_COLUMN_STD, ModelInfo
 
@@ -28,7 +28,6 @@ _INV_SQRT2 = 0.7071067811865476
 # The hidden layers' activation of the GAN's networks (ModelConfig.activation): its module, and the function a
 # no-grad forward pass applies in place. SiLU is smooth, which the regression-precise mean heads of deterministic
 # dynamics rely on; ReLU costs almost nothing on the CPU, where bfloat16 SiLU is ~20 % of a large batch's step.
-Activation = Literal["silu", "relu"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
 _IN_PLACE = {nn.SiLU: nn.functional.silu, nn.ReLU: nn.functional.relu}
 
@@ -75,12 +74,6 @@ class ModelConfig:
         check_activation(self.activation)
 
 
-def check_activation(activation: Any) -> None:
-    """Raise a ValueError unless ``activation`` names one of :data:`ACTIVATIONS`."""
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {list(ACTIVATIONS)}, got {activation!r}")
-
-
 def mlp(
     in_dim: int,
     hidden: tuple[int, ...],
@@ -107,10 +100,10 @@ def mlp(
 class MLP(nn.Sequential):
     """Linear, activation, ..., Linear (built by :func:`mlp`; state-dict keys as ``nn.Sequential``'s).
 
-    With no gradient recorded (sampling, evaluation) a forward pass applies the activation in place and, on the CPU, writes
-    large hidden activations into this thread's scratch buffers (:mod:`simgan.workspace`) instead of fresh tensors:
-    the same kernels and the same values, without the allocation and page faults of a new B x width activation
-    per layer. Under ``torch.autocast`` (``precision="bfloat16"``) those layers run in its dtype, as
+    With no gradient recorded (sampling, evaluation) a forward pass applies the activation in place and, on the
+    CPU, writes large hidden activations into this thread's scratch buffers (:mod:`simgan.workspace`) instead of
+    fresh tensors: the same kernels and the same values, without the allocation and page faults of a new B x width
+    activation per layer. Under ``torch.autocast`` (``precision="bfloat16"``) those layers run in its dtype, as
     ``nn.Sequential``'s would. With gradients it is ``nn.Sequential``'s forward.
     """
 

@@ -10,14 +10,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from simgan.config import check_hidden_sizes
+from simgan.config import Activation, check_activation, check_hidden_sizes
 
 if TYPE_CHECKING:
     from simgan.models import ModelConfig
 
 DEFAULT_STEPS = 4000
 LOSSES = ("minimax", "nonsaturating", "wgan-gp", "hinge")
-ACTIVATION_NAMES = ("silu", "relu")  # simgan.gan_networks.ACTIVATIONS (a test keeps the two equal)
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class TrainConfig:
     spectral_norm: bool = field(
         default=False, metadata={"help": "spectral normalisation in the discriminator"}
     )
-    activation: Literal["silu", "relu"] = field(
+    activation: Activation = field(
         default="silu",
         metadata={
             "help": "hidden-layer activation of every GAN network: silu (smooth; the precise choice for "
@@ -157,8 +156,7 @@ class TrainConfig:
             raise ValueError(f"samples_per_condition: expected >= 2, got {self.samples_per_condition}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss: expected one of {list(LOSSES)}, got {self.loss!r}")
-        if self.activation not in ACTIVATION_NAMES:
-            raise ValueError(f"activation: expected one of {list(ACTIVATION_NAMES)}, got {self.activation!r}")
+        check_activation(self.activation)
         for name in ("mean_hidden", "residual_hidden", "disc_hidden", "termination_hidden"):
             check_hidden_sizes(name, getattr(self, name), allow_empty=name == "termination_hidden")
 

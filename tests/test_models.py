@@ -168,13 +168,14 @@ def test_config_saved_before_the_discrete_latent_loads_without_it() -> None:
 
 
 def test_config_saved_before_the_activation_could_be_chosen_loads_as_silu() -> None:
+    from simgan.config import ACTIVATION_NAMES
     from simgan.gan_networks import ACTIVATIONS
-    from simgan.train_config import ACTIVATION_NAMES, TrainConfig
+    from simgan.train_config import TrainConfig
 
     saved = {k: v for k, v in CONFIG.to_json().items() if k != "activation"}
     assert ModelConfig.from_json(saved).activation == "silu"
     assert TrainConfig.from_json({}).model_config().activation == "silu"
-    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # TrainConfig checks names without importing torch
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # simgan.config names them without importing torch
 
 
 def test_termination_is_decided_on_the_sampled_transition() -> None:
