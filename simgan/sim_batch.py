@@ -321,7 +321,7 @@ class BatchSimulator:
         """
         obs = self.obs
         if isinstance(self.action_space, gym.spaces.Box):
-            action_ok = torch.isfinite(action).all(dim=1)
+            action_ok = rows_finite(action)
             action = torch.where(action_ok[:, None], action, 0.0).clamp(self.act_low, self.act_high)
         else:
             action_ok = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
@@ -344,12 +344,12 @@ class BatchSimulator:
         terminated = terminated.reshape(self.num_envs).to(torch.bool)
 
         # A non-finite output truncates the step and keeps the last finite observation.
-        finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(model_reward) & action_ok
+        finite = rows_finite(next_obs) & torch.isfinite(model_reward) & action_ok
         if self.reward_fn is not None:
             finite = finite & torch.isfinite(reward)
         next_obs = torch.where(finite[:, None], next_obs, obs)
         reward = torch.where(finite, reward, 0.0)
-        out_of_support = ((next_obs < self.support_low) | (next_obs > self.support_high)).any(dim=1) & finite
+        out_of_support = rows_outside(next_obs, self.support_low, self.support_high) & finite
         realism = realism.reshape(self.num_envs).to(torch.float32)
         realism = torch.where(finite, torch.nan_to_num(realism, nan=0.0).clamp(0.0, 1.0), 0.0)
         if self.realism_threshold is not None:
@@ -384,6 +384,22 @@ class BatchSimulator:
     def stats(self) -> dict[str, int]:
         """Totals since construction (one host copy): transitions and how many were flagged."""
         return dict(zip(STAT_NAMES, self.counts.tolist()))
+
+
+# The step's row checks as float reductions: torch's bool reductions along a short row (``isfinite(x).all(dim=1)``
+# on 4096 x 17) are slow on the CPU, 160 us against 26 us for the float sum (2 threads); at 1024 x 3 they cost
+# the same. Both give exactly the bool reduction's answer (tested on NaN, +-inf and float32's largest values).
+def rows_finite(x: torch.Tensor) -> torch.Tensor:
+    """B bool: the rows of ``x`` (B x D) whose values are all finite. ``0 * v`` is 0 for every finite v and NaN
+    for NaN and +-inf, and a sum of zeros is exactly 0, so ``(x * 0).sum(1) == 0`` is ``isfinite(x).all(1)``."""
+    return (x * 0).sum(dim=1) == 0
+
+
+def rows_outside(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """B bool: the rows of ``x`` (B x D) with a value below ``low`` or above ``high`` (D each, finite): a value
+    outside moves under the clamp, and a sum of non-negative distances is positive when one of them is (NaN
+    counts as inside, as ``NaN < low`` and ``NaN > high`` are False: ``nansum`` skips it)."""
+    return torch.nansum((x.clamp(low, high) - x).abs(), dim=1) > 0
 
 
 def _is_int(x: Any) -> bool:

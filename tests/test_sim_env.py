@@ -194,6 +194,29 @@ def test_out_of_support_states_truncate_and_are_counted():
     assert env.get_stats()["out_of_support"] == 1
 
 
+def test_row_checks_equal_the_bool_reductions_exactly():
+    """The step's float-reduction row checks give isfinite(x).all(1) and ((x < low) | (x > high)).any(1) exactly,
+    on NaN, +-inf, float32's largest values, -0.0, values on the bounds and just past them."""
+    from simgan.sim_batch import rows_finite, rows_outside
+
+    big = float(np.finfo(np.float32).max)
+    low, high = torch.tensor([-1.0, -2.0, 0.0]), torch.tensor([1.0, 2.0, 0.0])
+    special = [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, big, -big, float("nan"), float("inf"), -float("inf"), 1e-45]
+    special += [
+        float(np.nextafter(np.float32(1), np.float32(2))),
+        float(np.nextafter(np.float32(0), np.float32(1))),
+    ]
+    values = torch.tensor(special, dtype=torch.float32)
+    rows = torch.cartesian_prod(values, values, values)  # every combination of them, 2,744 rows of 3
+    rows = torch.cat([rows, torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))])
+    assert torch.equal(rows_finite(rows), torch.isfinite(rows).all(dim=1))
+    assert torch.equal(rows_outside(rows, low, high), ((rows < low) | (rows > high)).any(dim=1))
+    assert rows_finite(rows).any() and not rows_finite(rows).all()
+    assert rows_outside(rows, low, high).any() and not rows_outside(rows, low, high).all()
+    as64 = rows.double()  # any WorldModel's actions may come as float64
+    assert torch.equal(rows_finite(as64), torch.isfinite(as64).all(dim=1))
+
+
 def test_halt_unknown_ends_unknown_transitions_as_terminated():
     # the out-of-support step of the test above, and an unrealistic one, halted instead of truncated
     env = SimEnv(LinearModel(), halt_unknown=True, realism_threshold=0.01, max_episode_steps=2)
