@@ -70,7 +70,7 @@ def dataclass_from_namespace(cls: type, namespace: argparse.Namespace, **overrid
 
 # The GAN networks' hidden-layer activations (ModelConfig / TrainConfig.activation; their modules:
 # simgan.gan_networks.ACTIVATIONS, which a test keeps equal to these names)
-Activation = Literal["silu", "relu"]
+Activation = Literal["silu", "relu", "hardswish"]
 ACTIVATION_NAMES: tuple[str, ...] = get_args(Activation)
 
 

@@ -109,7 +109,8 @@ class TrainConfig:
         default="silu",
         metadata={
             "help": "hidden-layer activation of every GAN network: silu (smooth; the precise choice for "
-            "deterministic dynamics) or relu (cheaper: a faster learned env on CPUs, measure its fidelity first)"
+            "deterministic dynamics), or hardswish or relu (cheaper: a faster learned env on CPUs, measure its "
+            "fidelity first)"
         },
     )
     eval_every: int = field(default=250, metadata={"help": "steps between validation evaluations"})

@@ -214,25 +214,34 @@ def test_config_errors_say_what_was_expected() -> None:
         TrainConfig(termination_hidden=(64, 0))
     with pytest.raises(ValueError, match=r"disc_hidden: .* got \(-8,\)"):
         ModelConfig.from_json({**ModelConfig().to_json(), "disc_hidden": [-8]})  # a hand-edited model.json
-    with pytest.raises(ValueError, match=r"activation: expected one of \['silu', 'relu'\], got 'gelu'"):
+    with pytest.raises(
+        ValueError, match=r"activation: expected one of \['silu', 'relu', 'hardswish'\], got 'gelu'"
+    ):
         TrainConfig(activation="gelu")
-    with pytest.raises(ValueError, match=r"activation: expected one of \['silu', 'relu'\], got 'tanh'"):
+    with pytest.raises(
+        ValueError, match=r"activation: expected one of \['silu', 'relu', 'hardswish'\], got 'tanh'"
+    ):
         ModelConfig.from_json({**ModelConfig().to_json(), "activation": "tanh"})
     assert TrainConfig(epochs=2.0, batch_size=100).total_steps(1000) == 20
 
 
-def test_a_relu_gan_trains_and_loads_as_one(dataset, tmp_path: Path) -> None:
-    """--activation relu: every network of the saved model is rebuilt with ReLU, samples as trained, and learns."""
+@pytest.mark.parametrize("activation", ["relu", "hardswish"])
+def test_a_gan_with_another_activation_trains_and_loads_as_one(
+    dataset, tmp_path: Path, activation: str
+) -> None:
+    """--activation: every network of the saved model is rebuilt with it, samples as trained, and learns."""
     from torch import nn
 
-    config = dataclasses.replace(TINY, steps=200, eval_every=100, activation="relu")
+    from simgan.gan_networks import ACTIVATIONS
+
+    config = dataclasses.replace(TINY, steps=200, eval_every=100, activation=activation)
     model = train(dataset, tmp_path / "run", config, progress=False)
     saved = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert saved["config"]["model"]["activation"] == saved["config"]["train"]["activation"] == "relu"
+    assert saved["config"]["model"]["activation"] == saved["config"]["train"]["activation"] == activation
     loaded = load_model(tmp_path / "run", device="cpu")
     for net in (model, loaded):
         kinds = {type(m) for m in net.modules() if not isinstance(m, (nn.Linear, nn.Sequential))}
-        assert nn.ReLU in kinds and nn.SiLU not in kinds, kinds
+        assert ACTIVATIONS[activation] in kinds and nn.SiLU not in kinds, kinds
     val = dataset.validation
     obs, action = torch.as_tensor(val.obs), torch.as_tensor(val.action)
     noise = torch.randn(len(val), loaded.noise_dim, generator=torch.Generator().manual_seed(0))

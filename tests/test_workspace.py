@@ -43,7 +43,7 @@ def _plain(net: MLP, x: torch.Tensor) -> torch.Tensor:
         return nn.Sequential.forward(net, x).detach()
 
 
-@pytest.mark.parametrize("activation", ["silu", "relu"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_no_grad_forward_equals_the_plain_forward_bit_for_bit(activation: str) -> None:
     workspace.release()
     for spectral_norm in (False, True):
@@ -157,7 +157,7 @@ def test_ensemble_forward_is_the_same_with_and_without_grad() -> None:
         assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("activation", ["silu", "relu"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_autocast_runs_the_hidden_layers_in_bfloat16_like_the_plain_forward(activation: str) -> None:
     # Autocast skips calls with out=, so the scratch path must cast for itself: without that its hidden layers
     # stayed float32 and precision="bfloat16" only cast the last layer (slower than float32, not faster).
