@@ -48,11 +48,17 @@ def test_every_row_keeps_its_best_round_and_the_ratio_uses_the_best_baseline(
         assert row["transitions_per_s"] == max(row["round_transitions_per_s"]) > 0
         assert row["matmul_gflops"] == max(row["round_matmul_gflops"])
         assert row["speedup_vs_baseline"] == pytest.approx(row["transitions_per_s"] / best_baseline)
+        median_round = sorted(row["round_transitions_per_s"])  # two rounds: their mean
+        median_baseline = sorted(meta["baseline_measurements"]["Pendulum-v1"])[1]  # three measurements
+        assert row["median_speedup_vs_baseline"] == pytest.approx(sum(median_round) / 2 / median_baseline)
         assert row["fraction_of_matmul"] == pytest.approx(row["gflops"] / row["matmul_gflops"])
     table_rows = [
         line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| Pendulum")
     ]
     assert len(table_rows) == 4
+    for line in table_rows:  # the median ratio has its own column, after the best round's
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 11 and cells[6].endswith("vs SyncVectorEnv(64)") and cells[7].endswith("x")
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the plot is drawn again from the JSON alone, measuring nothing
