@@ -164,12 +164,25 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_sim(
-    model: ConditionalGAN, num_envs: int, torch_mode: bool, realism: bool, precision: str, seconds: float
+    model: ConditionalGAN,
+    num_envs: int,
+    torch_mode: bool,
+    realism: bool,
+    precision: str,
+    seconds: float,
+    compiled: bool = False,
 ) -> dict[str, float]:
-    """Transitions/s and GFLOP/s of one SimVectorEnv configuration."""
+    """Transitions/s and GFLOP/s of one SimVectorEnv configuration (``compiled``: ``compile=True``, its
+    compilation done by the warm-up steps before the timing)."""
     device = model.device
     envs = SimVectorEnv(
-        model, num_envs=num_envs, torch_mode=torch_mode, compute_realism=realism, precision=precision, seed=0
+        model,
+        num_envs=num_envs,
+        torch_mode=torch_mode,
+        compute_realism=realism,
+        precision=precision,
+        seed=0,
+        compile=compiled,
     )
     envs.reset(seed=0)
     actions_np = np.stack([envs.action_space.sample() for _ in range(8)])
@@ -179,6 +192,10 @@ def bench_sim(
     def step() -> None:
         envs.step(actions[next(counter) % 8])
 
+    if compiled:
+        for _ in range(3):  # compile (first call) and settle before counting or timing
+            step()
+        _sync(device)
     with FlopCounterMode(display=False) as flop_counter:
         step()
     flops_per_step = flop_counter.get_total_flops()
@@ -236,6 +253,11 @@ def main() -> int:
         help="hidden-layer activation of the model's networks (simgan train --activation)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure every row with SimVectorEnv(compile=True) (modes 'numpy+compile', 'torch+compile')",
+    )
+    parser.add_argument(
         "--out", default=str(ROOT / "results" / "bench_sim"), help="output path without suffix"
     )
     parser.add_argument(
@@ -257,6 +279,12 @@ def main() -> int:
     device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    modes = [(False, False), (True, False)]  # (torch_mode, compiled)
+    if args.compile:
+        modes += [(False, True), (True, True)]
+        # every row is another configuration of the same compiled step; torch's default (8) would run the rest
+        # eagerly
+        torch._dynamo.config.recompile_limit = 1024
 
     # ---- measurement rounds ----------------------------------------------------------------------------------
     # Every configuration, its matmul chain and the real-env baselines are measured once per round, the rounds
@@ -273,7 +301,7 @@ def main() -> int:
     models = {env_id: fresh_gan(model_info_from_env(env_id), device, config) for env_id in args.envs}
     configs = list(itertools.product(args.envs, args.precisions, args.num_envs, (True, False)))
     matmul_runs: dict[tuple, list[float]] = {c: [] for c in configs}
-    sim_runs: dict[tuple, list[dict[str, float]]] = {(*c, m): [] for c in configs for m in (False, True)}
+    sim_runs: dict[tuple, list[dict[str, float]]] = {(*c, *m): [] for c in configs for m in modes}
     measure_baselines()
     for round_index in range(args.rounds):
         for env_id, precision, num_envs, realism in configs:
@@ -283,12 +311,12 @@ def main() -> int:
             matmul_runs[env_id, precision, num_envs, realism].append(
                 bench_matmul(num_envs, shapes, device, args.seconds, dtype)
             )
-            for torch_mode in (False, True):
-                result = bench_sim(model, num_envs, torch_mode, realism, precision, args.seconds)
-                sim_runs[env_id, precision, num_envs, realism, torch_mode].append(result)
+            for torch_mode, compiled in modes:
+                result = bench_sim(model, num_envs, torch_mode, realism, precision, args.seconds, compiled)
+                sim_runs[env_id, precision, num_envs, realism, torch_mode, compiled].append(result)
                 print(
                     f"round {round_index + 1}/{args.rounds}: {env_id} {num_envs} {precision} "
-                    f"{'torch' if torch_mode else 'numpy'} realism={realism}: "
+                    f"{_mode_name(torch_mode, compiled)} realism={realism}: "
                     f"{result['transitions_per_s']:,.0f} transitions/s",
                     flush=True,
                 )
@@ -296,7 +324,7 @@ def main() -> int:
     baselines = {name: (baseline_names[name], max(runs)) for name, runs in baseline_runs.items()}
     median_baselines = {name: float(np.median(runs)) for name, runs in baseline_runs.items()}
     rows = []
-    for (env_id, precision, num_envs, realism, torch_mode), runs in sim_runs.items():
+    for (env_id, precision, num_envs, realism, torch_mode, compiled), runs in sim_runs.items():
         result = max(runs, key=lambda r: r["transitions_per_s"])
         matmul_gflops = max(matmul_runs[env_id, precision, num_envs, realism])
         name, rate = baselines.get(env_id, ("-", float("nan")))
@@ -304,7 +332,7 @@ def main() -> int:
             {
                 "env_id": env_id,
                 "num_envs": num_envs,
-                "mode": "torch" if torch_mode else "numpy",
+                "mode": _mode_name(torch_mode, compiled),
                 "realism": realism,
                 "precision": precision,
                 **result,
@@ -333,6 +361,7 @@ def main() -> int:
         "baselines_transitions_per_s": {k: v[1] for k, v in baselines.items()},
         "baseline_measurements": baseline_runs,
         "seconds_per_measurement": args.seconds,
+        "compile": args.compile,
         "rounds": args.rounds,
     }
     out = Path(args.out)
@@ -384,7 +413,8 @@ def write_plot(report: dict, path: Path) -> None:
             ax.plot(
                 *zip(*points),
                 color=colors.get(precision, "C2"),
-                marker="s" if mode == "torch" else "o",
+                marker="s" if mode.startswith("torch") else "o",
+                markerfacecolor="none" if mode.endswith("+compile") else None,  # compiled: hollow markers
                 linestyle="--" if realism else "-",
                 label=f"{precision}, {mode} mode, realism {'on' if realism else 'off'}",
             )
@@ -402,6 +432,10 @@ def write_plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     atomic_write_figure(fig, path)
+
+
+def _mode_name(torch_mode: bool, compiled: bool) -> str:
+    return ("torch" if torch_mode else "numpy") + ("+compile" if compiled else "")
 
 
 def _row_md(r: dict) -> str:

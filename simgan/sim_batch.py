@@ -127,6 +127,7 @@ class BatchSimulator:
         compute_realism: bool,
         precision: str = "float32",
         halt_unknown: bool = False,
+        compile: bool = False,
     ) -> None:
         info = model.info
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
@@ -147,6 +148,8 @@ class BatchSimulator:
             raise ValueError(f"support_margin: expected a float >= 0, got {support_margin!r}")
         if not isinstance(halt_unknown, (bool, np.bool_)):
             raise ValueError(f"halt_unknown: expected a bool, got {halt_unknown!r}")
+        if not isinstance(compile, (bool, np.bool_)):
+            raise ValueError(f"compile: expected a bool, got {compile!r}")
         self.device = model.device
         self.num_envs = int(num_envs)
         self.obs_dim = info.obs_dim
@@ -205,6 +208,10 @@ class BatchSimulator:
         self.any_fixed = False
         self.row_generators: dict[int, torch.Generator] = {}  # row -> its own noise stream (seeded resets)
         self.generator_rows = torch.zeros(0, dtype=torch.long, device=self.device)  # the keys, on the device
+        # compile: everything of a step after the noise draw as one torch.compile graph (a torch.Generator
+        # splits a graph, so the draw stays outside). Each configuration compiles once per process.
+        self.compiled = bool(compile)
+        self._advance = torch.compile(self.advance, dynamic=False) if self.compiled else self.advance
 
     # ---- start states -------------------------------------------------------------------------------------
     def check_states(self, states: Any, what: str = "state") -> torch.Tensor:
@@ -319,6 +326,12 @@ class BatchSimulator:
         ``reward`` B, ``terminated`` / ``truncated`` / ``unrealistic`` / ``out_of_support`` / ``non_finite``
         B bool, ``realism`` B float (ones when ``compute_realism`` is off).
         """
+        return self._advance(action, active, self.draw_noise())
+
+    def advance(
+        self, action: torch.Tensor, active: torch.Tensor | None, noise: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`step` with this step's noise (B x noise_dim) given: what ``compile=True`` compiles."""
         obs = self.obs
         if isinstance(self.action_space, gym.spaces.Box):
             action_ok = rows_finite(action)
@@ -328,7 +341,6 @@ class BatchSimulator:
             action = action.clamp(
                 int(self.action_space.start), int(self.action_space.start + self.action_space.n - 1)
             )
-        noise = self.draw_noise()
         if self.compute_realism:  # the model judges its own transition (its reward, not a reward_fn's)
             next_obs, reward, terminated, realism = self.model.sample_with_realism(obs, action, noise=noise)
         else:

@@ -64,7 +64,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
         validate_actions: raise ``ValueError`` on NaN/inf/out-of-bounds actions. Default: always in numpy
             mode and on CPU; not in torch mode on CUDA (it would cost a host sync per step).
         initial_states, max_episode_steps, reward_fn, termination_fn, realism_threshold, support_margin,
-        compute_realism, precision, halt_unknown, seed: as for :class:`simgan.sim_env.SimEnv`.
+        compute_realism, precision, halt_unknown, compile, seed: as for :class:`simgan.sim_env.SimEnv`.
 
     Reset options: ``reset_mask`` (B bools) resets only those sub-envs; ``state``: (obs_dim,) broadcast or
     (num_envs, obs_dim) start states (rows picked by ``reset_mask``); ``noise``: None, ``"fixed"``, an int seed
@@ -92,6 +92,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
         compute_realism: bool = True,
         precision: str = "float32",
         halt_unknown: bool = False,
+        compile: bool = False,
         seed: int | None = None,
     ) -> None:
         self.model = resolve_model(model, device)
@@ -108,6 +109,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
             compute_realism=compute_realism,
             precision=precision,
             halt_unknown=halt_unknown,
+            compile=compile,
         )
         self.num_envs = self.sim.num_envs
         self.device = self.sim.device

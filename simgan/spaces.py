@@ -80,4 +80,4 @@ def action_dim(action_space: gym.Space) -> int:
     """Width of the model's action input: act_dim for Box, n (one-hot) for Discrete."""
     if isinstance(action_space, gym.spaces.Discrete):
         return int(action_space.n)
-    return int(np.prod(action_space.shape))
+    return math.prod(action_space.shape)  # not np.prod: torch.compile traces this (a learned env's step)

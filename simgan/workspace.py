@@ -31,8 +31,15 @@ MIN_ELEMENTS = 1 << 17
 
 def wanted(x: torch.Tensor, elements: int) -> bool:
     """True where a forward pass on ``x`` whose largest hidden activation has ``elements`` elements should use
-    scratch buffers: on the CPU, with no gradient recorded, and at least :data:`MIN_ELEMENTS` of them."""
-    return x.device.type == "cpu" and not torch.is_grad_enabled() and elements >= MIN_ELEMENTS
+    scratch buffers: on the CPU, with no gradient recorded, and at least :data:`MIN_ELEMENTS` of them. Never
+    while ``torch.compile`` traces the pass: the compiler plans its own buffers, and this module's thread-local
+    state would split its graph."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and elements >= MIN_ELEMENTS
+        and not torch.compiler.is_compiling()
+    )
 
 
 def lower_precision(x: torch.Tensor) -> torch.dtype | None:

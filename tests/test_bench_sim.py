@@ -78,3 +78,25 @@ def test_rounds_below_one_are_refused_before_anything_is_measured(bench_sim, mon
     assert exc.value.code == 2
     assert "--rounds: expected a count >= 1, got 0" in capsys.readouterr().err
     assert not out.with_suffix(".json").exists()
+
+
+def test_compile_adds_compiled_rows_beside_the_eager_ones(bench_sim, monkeypatch, tmp_path):
+    out = tmp_path / "sim"
+    argv = ["--envs", "Pendulum-v1", "--num-envs", "3", "--precisions", "float32", "--seconds", "0.03"]
+    assert _run(bench_sim, monkeypatch, [*argv, "--compile", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["meta"]["compile"] is True
+    rows = report["rows"]
+    assert sorted((r["realism"], r["mode"]) for r in rows) == sorted(
+        (realism, mode)
+        for realism in (False, True)
+        for mode in ("numpy", "torch", "numpy+compile", "torch+compile")
+    )
+    for row in rows:  # the compiled step counts the same FLOPs as the eager one
+        twin = next(
+            r
+            for r in rows
+            if r["realism"] == row["realism"] and r["mode"] == row["mode"].removesuffix("+compile")
+        )
+        assert row["transitions_per_s"] > 0 and row["flops_per_step"] == pytest.approx(twin["flops_per_step"])
+    assert sum("+compile |" in line for line in out.with_suffix(".md").read_text().splitlines()) == 4
