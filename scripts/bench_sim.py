@@ -13,6 +13,9 @@ Everything is measured in the same run, so the ratios hold on a noisy shared mac
 * achieved GFLOP/s of the env step (FLOPs counted by ``torch.utils.flop_counter`` on one step) against a plain
   ``torch.matmul`` chain with the same matrix shapes (and dtype) as the model's linear layers.
 
+With ``--compile`` every row is measured a second time with ``SimVectorEnv(compile=True)`` (modes
+``numpy+compile``, ``torch+compile``; compilation happens before the timing).
+
 With ``--rounds R`` every row, its matmul chain and the baselines are measured R times, in R rounds one after
 another, and each keeps its best round (the JSON keeps all of them). The table's "median" column is the median
 round of the row against the median baseline measurement: on a VM whose speed moves from minute to minute the best
@@ -173,18 +176,23 @@ def bench_sim(
     compiled: bool = False,
 ) -> dict[str, float]:
     """Transitions/s and GFLOP/s of one SimVectorEnv configuration (``compiled``: ``compile=True``, its
-    compilation done by the warm-up steps before the timing)."""
+    compilation done by warm-up steps before the timing)."""
     device = model.device
-    envs = SimVectorEnv(
-        model,
-        num_envs=num_envs,
-        torch_mode=torch_mode,
-        compute_realism=realism,
-        precision=precision,
-        seed=0,
-        compile=compiled,
-    )
-    envs.reset(seed=0)
+
+    def make(compile_: bool) -> SimVectorEnv:
+        envs = SimVectorEnv(
+            model,
+            num_envs=num_envs,
+            torch_mode=torch_mode,
+            compute_realism=realism,
+            precision=precision,
+            seed=0,
+            compile=compile_,
+        )
+        envs.reset(seed=0)
+        return envs
+
+    envs = make(False)
     actions_np = np.stack([envs.action_space.sample() for _ in range(8)])
     actions = torch.as_tensor(actions_np, device=device) if torch_mode else actions_np
     counter = iter(range(10**12))
@@ -192,13 +200,16 @@ def bench_sim(
     def step() -> None:
         envs.step(actions[next(counter) % 8])
 
-    if compiled:
-        for _ in range(3):  # compile (first call) and settle before counting or timing
-            step()
-        _sync(device)
+    # FLOPs counted on the eager step: a compiled step run once under FlopCounterMode (a dispatch mode) stays
+    # slow afterwards; the compiled step does the same arithmetic.
     with FlopCounterMode(display=False) as flop_counter:
         step()
     flops_per_step = flop_counter.get_total_flops()
+    if compiled:
+        envs = make(True)
+        for _ in range(3):  # compile (first call) and settle before timing
+            step()
+        _sync(device)
     calls, wall = timed(
         step, seconds, sync=lambda: _sync(device)
     )  # torch mode on CUDA: wait for queued steps

@@ -92,7 +92,7 @@ def test_compile_adds_compiled_rows_beside_the_eager_ones(bench_sim, monkeypatch
         for realism in (False, True)
         for mode in ("numpy", "torch", "numpy+compile", "torch+compile")
     )
-    for row in rows:  # the compiled step counts the same FLOPs as the eager one
+    for row in rows:  # FLOPs are counted on the eager step for both
         twin = next(
             r
             for r in rows

@@ -122,7 +122,7 @@ def test_sim_env_refuses_known_functions_it_cannot_have():
 
 def test_simulate_runs_with_the_known_reward_or_in_bfloat16_and_says_so(tmp_path, capsys):
     """`simgan simulate --known-reward` on a tiny Pendulum GAN: the same episodes, paid Pendulum's own reward;
-    `--precision bfloat16`: the model in bfloat16."""
+    `--precision bfloat16`: the model in bfloat16; `--compile`: the step compiled."""
     from tiny_configs import TINY_GAN
 
     import simgan
@@ -152,3 +152,8 @@ def test_simulate_runs_with_the_known_reward_or_in_bfloat16_and_says_so(tmp_path
     half = simulate("--precision", "bfloat16")
     assert "(bfloat16)" in half[0] and "(float32)" in learned[0]
     assert half[2].startswith("episodes      8 finished") and half[2] != learned[2]
+    # --compile: the same episodes as the eager env (to float rounding), timed after the compiling step
+    compiled = simulate("--compile")
+    assert "(float32, compiled)" in compiled[0] and "which compiled" in compiled[1]
+    compiled_mean = float(compiled[2].split("return mean ")[1].split()[0])
+    assert compiled_mean == pytest.approx(mean["l"], rel=1e-4)
