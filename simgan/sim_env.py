@@ -69,9 +69,9 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         compile: run each step's model pass and checks as one ``torch.compile`` graph (opt-in). The first step
             compiles (about 5-20 s; again for each new num_envs, precision or model shape, up to torch's
             ``torch._dynamo.config.recompile_limit`` configurations per process, after which it runs eagerly)
-            and needs a C++ compiler on the CPU (Triton on CUDA). Then about 1.6x faster at 64 sub-envs and
-            1.2-1.3x at 1,024 on the CPU; same seed, same trajectory; equal to the eager step up to float
-            rounding. Measure your own case first (``scripts/bench_sim.py --compile``).
+            and needs a C++ compiler on the CPU (Triton on CUDA). Then, measured on a 2-core CPU, 1.6-2x
+            faster for one env, 1.2-1.8x for 64 sub-envs, 0.95-1.5x from 1,024 on; same seed, same trajectory;
+            equal to the eager step up to float rounding. Measure your own case (``bench_sim.py --compile``).
         seed: seeds the env's generator so the first ``reset()`` is reproducible too.
 
     Reset options: ``{"state": s}`` starts exactly at s (obs_dim,); ``{"noise": n}`` fixes the randomness of

@@ -62,6 +62,21 @@ def test_the_torch_mode_vector_env_stays_on_the_gpu(trained) -> None:
     envs.close()
 
 
+def test_a_compiled_vector_env_on_the_gpu_follows_the_eager_one(trained) -> None:
+    _, run = trained
+    model = load_model(run, device="cuda")
+    runs = []
+    for compile_ in (False, True):
+        envs = simgan.SimVectorEnv(model, num_envs=256, device="cuda", torch_mode=True, compile=compile_)
+        obs, _ = envs.reset(seed=0)
+        trajectory = [obs]
+        for t in range(6):
+            action = torch.full((256, 1), float(np.sin(t)), device="cuda")
+            trajectory.append(envs.step(action)[0])
+        runs.append(torch.stack(trajectory).cpu().numpy())
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-4)
+
+
 def test_training_runs_on_the_gpu(trained, tmp_path) -> None:
     data, _ = trained
     import dataclasses
