@@ -67,7 +67,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         precision: ``"float32"`` or ``"bfloat16"``: run the model's matmuls under ``torch.autocast`` (opt-in,
             approximate: several times faster on CPUs with AVX512-BF16/AMX and on GPUs; outputs stay float32).
         compile: run each step's model pass and checks as one ``torch.compile`` graph (opt-in). The first step
-            compiles (about 5-20 s; again for each new num_envs, precision or model shape, up to torch's
+            compiles (3-20 s on a 2-core CPU; again for each new num_envs, precision or model shape, up to torch's
             ``torch._dynamo.config.recompile_limit`` configurations per process, after which it runs eagerly)
             and needs a C++ compiler on the CPU (Triton on CUDA). Then, measured on a 2-core CPU, 1.6-2x
             faster for one env, 1.2-1.8x for 64 sub-envs, 0.95-1.5x from 1,024 on; same seed, same trajectory;

@@ -89,3 +89,24 @@ def test_compile_must_be_a_bool():
     model = _gan("Pendulum-v1")
     with pytest.raises(ValueError, match=r"compile: expected a bool, got 'yes'"):
         SimVectorEnv(model, num_envs=2, device="cpu", compile="yes")
+
+
+def test_a_compiled_gaussian_ensemble_env_follows_the_eager_one():
+    """The other model kind: its members' forward pass (scratch buffers eagerly) traces too."""
+    from worldmodels import linear_info
+
+    from simgan.ensemble import EnsembleConfig, GaussianEnsemble
+
+    model = GaussianEnsemble(linear_info(), EnsembleConfig(members=3, elites=2, hidden=(16,), progress=False))
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    model.realism_reference = torch.sort(torch.randn(64)).values
+    actions = [np.full((6, 2), 0.3 * np.cos(t), dtype=np.float32) for t in range(5)]
+    runs = []
+    for compile_ in (False, True):
+        envs = SimVectorEnv(model, num_envs=6, device="cpu", compile=compile_)
+        runs.append(_rollout(envs, actions))
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+        if len(a) == 5:
+            np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a[4]["realism"], b[4]["realism"], rtol=1e-4, atol=1e-5)
