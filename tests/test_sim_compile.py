@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from bench_scripts import load_script
+from worldmodels import rollout
 
 from simgan.models import ConditionalGAN, ModelConfig
 from simgan.sim_env import SimEnv
@@ -28,13 +29,6 @@ def _gan(env_id: str) -> ConditionalGAN:
     return model.eval()
 
 
-def _rollout(envs: SimVectorEnv, actions: list) -> list[tuple]:
-    out = [envs.reset(seed=3)]
-    for action in actions:
-        out.append(envs.step(action))
-    return out
-
-
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
 def test_compiled_vector_env_follows_the_eager_one(env_id):
     model = _gan(env_id)
@@ -44,7 +38,8 @@ def test_compiled_vector_env_follows_the_eager_one(env_id):
     eager.action_space.seed(1)
     actions = [eager.action_space.sample() for _ in range(12)]
     steps = 0
-    for a, b in zip(_rollout(eager, actions), _rollout(compiled, actions)):
+    compiled_run = rollout(compiled, actions, seed=3)
+    for a, b in zip(rollout(eager, actions, seed=3), compiled_run):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)  # observations
         if len(a) == 5:
             steps += 1
@@ -55,7 +50,7 @@ def test_compiled_vector_env_follows_the_eager_one(env_id):
             for key in ("out_of_support", "non_finite", "_realism"):
                 np.testing.assert_array_equal(a[4][key], b[4][key])
     assert steps == 12 and eager.stats == compiled.stats and compiled.stats["steps"] > 0
-    truncated_rows = sum(b[3].sum() for b in _rollout(compiled, actions)[1:])
+    truncated_rows = sum(b[3].sum() for b in compiled_run[1:])
     assert truncated_rows == 2 * 8  # steps 5 and 11 end every sub-env's episode (6 is an autoreset step)
 
 
@@ -78,9 +73,7 @@ def test_compiled_single_env_follows_the_eager_one():
     results = []
     for compile_ in (False, True):
         env = SimEnv(model, device="cpu", compile=compile_)
-        obs, _ = env.reset(seed=11)
-        trajectory = [obs] + [env.step(a)[0] for a in actions]
-        results.append(np.stack(trajectory))
+        results.append(np.stack([step[0] for step in rollout(env, actions, seed=11)]))
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
     assert not np.allclose(results[0][0], results[0][-1])  # the state moved
 
@@ -104,7 +97,7 @@ def test_a_compiled_gaussian_ensemble_env_follows_the_eager_one():
     runs = []
     for compile_ in (False, True):
         envs = SimVectorEnv(model, num_envs=6, device="cpu", compile=compile_)
-        runs.append(_rollout(envs, actions))
+        runs.append(rollout(envs, actions, seed=3))
     for a, b in zip(*runs):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
         if len(a) == 5:

@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
-from worldmodels import DiscreteLinearModel, LinearModel, PoisonedModel, linear_info
+from worldmodels import DiscreteLinearModel, LinearModel, PoisonedModel, linear_info, rollout
 
 import simgan
 from simgan.sim_env import SimEnv
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def rollout(env: gym.Env, actions: list, **reset_kwargs) -> list[tuple]:
-    obs, _ = env.reset(**reset_kwargs)
-    out = [(obs,)]
-    for action in actions:
-        out.append(env.step(action))
-    return out
 
 
 # ---- gymnasium API -----------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
 takes the ``spread`` of forecasts (``noise_spread``): ``0.01 * width * spread * noise``.
 
 ``PoisonedModel``: a LinearModel whose output turns NaN/inf for rows with obs_2 above ``poison_above``.
+
+``rollout(env, actions, **reset_kwargs)``: a reset and the steps of a learned (or any) env, single or vector.
 """
 
 from __future__ import annotations
@@ -173,3 +175,12 @@ class PoisonedModel(LinearModel):
             bad = torch.nan if self.kind == "nan_obs" else torch.inf
             next_obs = torch.where(poisoned[:, None], torch.full_like(next_obs, bad), next_obs)
         return next_obs, reward, terminated
+
+
+def rollout(env: gym.Env | gym.vector.VectorEnv, actions: list, **reset_kwargs) -> list[tuple]:
+    """``[(obs,), step_1, step_2, ...]``: the reset's observation, then each ``env.step(action)``'s 5-tuple."""
+    obs, _ = env.reset(**reset_kwargs)
+    out = [(obs,)]
+    for action in actions:
+        out.append(env.step(action))
+    return out
