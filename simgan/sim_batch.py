@@ -16,7 +16,9 @@ Observations are clipped to the observation space (a real env never leaves it). 
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -209,9 +211,14 @@ class BatchSimulator:
         self.row_generators: dict[int, torch.Generator] = {}  # row -> its own noise stream (seeded resets)
         self.generator_rows = torch.zeros(0, dtype=torch.long, device=self.device)  # the keys, on the device
         # compile: everything of a step after the noise draw as one torch.compile graph (a torch.Generator
-        # splits a graph, so the draw stays outside). Each configuration compiles once per process.
+        # splits a graph, so the draw stays outside). Each configuration compiles once per process. The model's
+        # weights are frozen into it (inductor's freezing: folded as constants, and on the CPU packed for
+        # oneDNN with each layer's activation fused), so a weight changed in place after the first step would
+        # go unseen: every step checks that each weight is the same tensor at the same version counter, and
+        # refuses a changed model.
         self.compiled = bool(compile)
         self._advance = torch.compile(self.advance, dynamic=False) if self.compiled else self.advance
+        self.frozen_weights = weight_slots(model) if self.compiled else []
 
     # ---- start states -------------------------------------------------------------------------------------
     def check_states(self, states: Any, what: str = "state") -> torch.Tensor:
@@ -241,7 +248,7 @@ class BatchSimulator:
             return self.check_states(np.stack(drawn), "initial_states callable")
         assert self.initial_table is not None
         index = torch.randint(len(self.initial_table), (n,), generator=self.generator, device=self.device)
-        return self.initial_table[index]
+        return self.initial_table.index_select(0, index)  # the same rows as table[index], in half the time
 
     # ---- noise --------------------------------------------------------------------------------------------
     def set_noise(self, rows: torch.Tensor, option: Any) -> None:
@@ -318,18 +325,39 @@ class BatchSimulator:
         self.steps = self.steps.index_fill(0, rows, 0)
         self.set_noise(rows, noise)
 
-    def step(self, action: torch.Tensor, active: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def step(
+        self,
+        action: torch.Tensor,
+        active: torch.Tensor | None = None,
+        draw_fresh: Callable[[], torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Advance every sub-env one step. ``action``: B x act_dim float (Box) or B long (Discrete).
 
-        ``active`` (B bool, optional) marks the sub-envs whose transition counts in :attr:`counts` (the
-        vector env passes the ones that are not autoresetting). Returns device tensors: ``obs`` B x D,
-        ``reward`` B, ``terminated`` / ``truncated`` / ``unrealistic`` / ``out_of_support`` / ``non_finite``
-        B bool, ``realism`` B float (ones when ``compute_realism`` is off).
+        ``active`` (B bool, optional) marks the sub-envs whose transition counts in :attr:`counts`. With
+        ``draw_fresh`` (returns B x D start states; called after this step's noise draw, so the generator's
+        draws keep their order) the sub-envs that are not active start a new episode at their row of it instead
+        (the vector env's next-step autoreset): step count 0, reward 0, realism 1, no flags. Returns device
+        tensors: ``obs`` B x D, ``reward`` B, ``terminated`` / ``truncated`` / ``unrealistic`` /
+        ``out_of_support`` / ``non_finite`` B bool, ``realism`` B float (ones when ``compute_realism`` is off).
         """
-        return self._advance(action, active, self.draw_noise())
+        noise = self.draw_noise()
+        fresh = None if draw_fresh is None else draw_fresh()
+        if not self.compiled:
+            return self.advance(action, active, noise, fresh)
+        if not all(slots.get(name) is t and t._version == v for slots, name, t, v in self.frozen_weights):
+            raise RuntimeError(
+                "compile=True: expected the model's weights as they were when this env was built (the compiled "
+                "step holds them as constants), got weights changed since; build a new env on the changed model"
+            )
+        with FREEZING, torch.no_grad():  # freezing applies to graphs traced without grad
+            return self._advance(action, active, noise, fresh)
 
     def advance(
-        self, action: torch.Tensor, active: torch.Tensor | None, noise: torch.Tensor
+        self,
+        action: torch.Tensor,
+        active: torch.Tensor | None,
+        noise: torch.Tensor,
+        fresh: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """:meth:`step` with this step's noise (B x noise_dim) given: what ``compile=True`` compiles."""
         obs = self.obs
@@ -382,7 +410,7 @@ class BatchSimulator:
         counted = torch.ones_like(finite) if active is None else active
         flags = torch.stack([counted, unrealistic & counted, out_of_support & counted, ~finite & counted])
         self.counts += flags.sum(dim=1)
-        return {
+        out = {
             "obs": self.obs,
             "reward": reward,
             "terminated": terminated & finite,
@@ -392,10 +420,63 @@ class BatchSimulator:
             "out_of_support": out_of_support,
             "non_finite": ~finite,
         }
+        if fresh is not None and active is not None:  # the rows that are not active start again at `fresh`
+            restarting = ~active
+            self.obs = out["obs"] = torch.where(restarting[:, None], fresh, self.obs)
+            self.steps = torch.where(restarting, 0, self.steps)
+            out["reward"] = torch.where(restarting, 0.0, reward)
+            out["realism"] = torch.where(restarting, 1.0, realism)
+            for key in ("terminated", "truncated", "unrealistic", "out_of_support", "non_finite"):
+                out[key] = out[key] & active
+        return out
 
     def stats(self) -> dict[str, int]:
         """Totals since construction (one host copy): transitions and how many were flagged."""
         return dict(zip(STAT_NAMES, self.counts.tolist()))
+
+
+class InductorFreezing:
+    """``with FREEZING:`` sets ``torch._inductor.config.freezing`` for the calls inside and puts the user's value
+    back when the last one leaves (a count under a lock: compiled envs may step in several threads). Dynamo reads
+    the setting while it traces, before a ``torch.compile(options=...)`` entry would apply, so it is set around
+    every compiled call (one of them may compile); ~5 us."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.saved = False
+
+    def __enter__(self) -> None:
+        config = importlib.import_module("torch._inductor.config")
+        with self.lock:
+            if self.inside == 0:
+                self.saved, config.freezing = config.freezing, True
+            self.inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        config = importlib.import_module("torch._inductor.config")
+        with self.lock:
+            self.inside -= 1
+            if self.inside == 0:
+                config.freezing = self.saved
+
+
+FREEZING = InductorFreezing()
+
+
+def weight_slots(model: Any) -> list[tuple[dict[str, Any], str, torch.Tensor, int]]:
+    """(the module's parameter or buffer dict, name, tensor, version counter) of every weight of ``model`` (none
+    for a model that is not a ``torch.nn.Module``): what a compiled step checks before each call, in a few
+    microseconds (walking the modules each time would take ~70)."""
+    if not isinstance(model, torch.nn.Module):
+        return []
+    return [
+        (slots, name, t, t._version)
+        for module in model.modules()
+        for slots in (module._parameters, module._buffers)
+        for name, t in slots.items()
+        if t is not None
+    ]
 
 
 # The step's row checks as float reductions: torch's bool reductions along a short row (``isfinite(x).all(dim=1)``

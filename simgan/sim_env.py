@@ -66,12 +66,16 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         compute_realism: call ``model.realism`` each step (``info["realism"]``); off saves the discriminator pass.
         precision: ``"float32"`` or ``"bfloat16"``: run the model's matmuls under ``torch.autocast`` (opt-in,
             approximate: several times faster on CPUs with AVX512-BF16/AMX and on GPUs; outputs stay float32).
-        compile: run each step's model pass and checks as one ``torch.compile`` graph (opt-in). The first step
-            compiles (3-20 s on a 2-core CPU; again for each new num_envs, precision or model shape, up to torch's
-            ``torch._dynamo.config.recompile_limit`` configurations per process, after which it runs eagerly)
-            and needs a C++ compiler on the CPU (Triton on CUDA). Then, measured on a 2-core CPU, 1.6-2x
-            faster for one env, 1.2-1.8x for 64 sub-envs, 0.95-1.5x from 1,024 on; same seed, same trajectory;
-            equal to the eager step up to float rounding. Measure your own case (``bench_sim.py --compile``).
+        compile: run each step's model pass and checks as one ``torch.compile`` graph (opt-in), with the
+            model's weights frozen into it (inductor's freezing: constants, and on the CPU packed for oneDNN with
+            each layer's activation fused). The first step compiles (3-20 s on a 2-core CPU; again for each new
+            num_envs, precision or model shape, up to torch's ``torch._dynamo.config.recompile_limit``
+            configurations per process, after which it runs eagerly) and needs a C++ compiler on the CPU (Triton
+            on CUDA). The env keeps the weights it was built with: after a change to the model's weights (in
+            place or by replacing a parameter) its next step raises ``RuntimeError``; build a new env. Measured
+            on a 2-core CPU: 1.4-2.1x faster for one env and 1.3-2.1x for 64 sub-envs; from 1,024 on, 1.1-2x in
+            bfloat16 and 0.8-1.1x in float32; same seed, same trajectory; equal to the eager step up to float
+            rounding. Measure your own case (``bench_sim.py --compile``).
         seed: seeds the env's generator so the first ``reset()`` is reproducible too.
 
     Reset options: ``{"state": s}`` starts exactly at s (obs_dim,); ``{"noise": n}`` fixes the randomness of

@@ -191,21 +191,10 @@ class SimVectorEnv(gym.vector.VectorEnv):
         with torch.no_grad():
             restarting = self._autoreset  # sub-envs that ended last step start a new episode now
             active = ~restarting
-            out = sim.step(action, active)
-            if sim.initial_fn is None:
-                # Always draw and blend (no host check of `restarting.any()`: no sync in torch mode).
-                fresh = sim.draw_initial(self.num_envs, self.np_random)
-            else:
-                fresh = sim.obs.clone()
-                rows = restarting.nonzero().squeeze(1)
-                if len(rows):
-                    fresh[rows] = sim.draw_initial(len(rows), self.np_random)
-            sim.obs = torch.where(restarting[:, None], fresh, out["obs"])
-            sim.steps = torch.where(restarting, 0, sim.steps)
-            reward = torch.where(restarting, 0.0, out["reward"])
-            terminated, truncated = out["terminated"] & active, out["truncated"] & active
-            realism = torch.where(restarting, 1.0, out["realism"])
-            flags = [out[k] & active for k in FLAG_KEYS]
+            # the restarting rows start afresh (compiled: inside the step's graph)
+            out = sim.step(action, active, lambda: self._fresh_states(restarting))
+            reward, terminated, truncated = out["reward"], out["terminated"], out["truncated"]
+            realism, flags = out["realism"], [out[k] for k in FLAG_KEYS]
             self._autoreset = terminated | truncated
 
         if self.torch_mode:
@@ -233,6 +222,18 @@ class SimVectorEnv(gym.vector.VectorEnv):
             packed[:, d + 2] > 0.5,
             infos,
         )
+
+    def _fresh_states(self, restarting: torch.Tensor) -> torch.Tensor:
+        """B x D start states for the ``restarting`` rows (the other rows' values are not used)."""
+        sim = self.sim
+        if sim.initial_fn is None:
+            # Always draw and blend (no host check of `restarting.any()`: no sync in torch mode).
+            return sim.draw_initial(self.num_envs, self.np_random)
+        fresh = sim.obs.clone()
+        rows = restarting.nonzero().squeeze(1)
+        if len(rows):
+            fresh[rows] = sim.draw_initial(len(rows), self.np_random)
+        return fresh
 
     def _action_tensor(self, actions: Any) -> torch.Tensor:
         """Validated B x act_dim float32 (Box) or B int64 (Discrete) tensor on the device."""

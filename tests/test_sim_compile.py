@@ -78,6 +78,37 @@ def test_compiled_single_env_follows_the_eager_one():
     assert not np.allclose(results[0][0], results[0][-1])  # the state moved
 
 
+def test_compiled_env_holds_the_weights_it_was_built_with_and_refuses_changed_ones():
+    """The weights are frozen into the compiled step (constants, packed for oneDNN on the CPU): a change made in
+    place or by replacing a parameter is refused at the next step; a new env steps on the changed model."""
+    model = _gan("Pendulum-v1")
+    actions = [np.array([0.7], dtype=np.float32)] * 3
+    before = np.stack([s[0] for s in rollout(SimEnv(model, device="cpu", compile=True), actions, seed=5)])
+    first = model.generator.mean_net[0]
+    for change in ("in place", "replaced"):
+        env = SimEnv(model, device="cpu", compile=True)
+        env.reset(seed=5)
+        env.step(actions[0])
+        with torch.no_grad():
+            if change == "in place":
+                first.bias.add_(0.5)
+            else:
+                first.weight = torch.nn.Parameter(first.weight * 1.5)
+        with pytest.raises(
+            RuntimeError, match=r"expected the model's weights as they were when this env was built"
+        ):
+            env.step(actions[0])
+        # a new env sees the change, as an eager env does
+        runs = [
+            np.stack([s[0] for s in rollout(SimEnv(model, device="cpu", compile=c), actions, seed=5)])
+            for c in (False, True)
+        ]
+        np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(runs[1][1:], before[1:], atol=1e-4)  # and the change moved the trajectory
+        before = runs[1]
+    assert torch._inductor.config.freezing is False  # set for the compiled call only
+
+
 def test_compile_must_be_a_bool():
     model = _gan("Pendulum-v1")
     with pytest.raises(ValueError, match=r"compile: expected a bool, got 'yes'"):

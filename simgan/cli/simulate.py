@@ -34,7 +34,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="run the step as one torch.compile graph (compiles on the first step, seconds; faster after)",
+        help=(
+            "run the step as one torch.compile graph, the model's weights frozen in (compiles on the first step, "
+            "seconds; faster after)"
+        ),
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of start states, model noise and random actions"
