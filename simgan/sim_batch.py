@@ -16,7 +16,6 @@ Observations are clipped to the observation space (a real env never leaves it). 
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -447,14 +446,16 @@ class InductorFreezing:
         self.saved = False
 
     def __enter__(self) -> None:
-        config = importlib.import_module("torch._inductor.config")
+        from torch._inductor import config  # imported on first use: importing inductor takes ~2 s
+
         with self.lock:
             if self.inside == 0:
                 self.saved, config.freezing = config.freezing, True
             self.inside += 1
 
     def __exit__(self, *exc: object) -> None:
-        config = importlib.import_module("torch._inductor.config")
+        from torch._inductor import config
+
         with self.lock:
             self.inside -= 1
             if self.inside == 0:
