@@ -33,6 +33,8 @@ TransitionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 TransitionFnArg = TransitionFn | str | None
 InitialStates = str | np.ndarray | Callable[[np.random.Generator], np.ndarray]
 STAT_NAMES = ("steps", "unrealistic", "out_of_support", "non_finite")
+# the per-row flags of a step's output (info keys of the vector env), beside terminated / truncated
+FLAG_KEYS = ("unrealistic", "out_of_support", "non_finite")
 RESET_OPTIONS = ("state", "noise", "reset_mask")
 
 
@@ -425,7 +427,7 @@ class BatchSimulator:
             self.steps = torch.where(restarting, 0, self.steps)
             out["reward"] = torch.where(restarting, 0.0, reward)
             out["realism"] = torch.where(restarting, 1.0, realism)
-            for key in ("terminated", "truncated", "unrealistic", "out_of_support", "non_finite"):
+            for key in ("terminated", "truncated", *FLAG_KEYS):
                 out[key] = out[key] & active
         return out
 

@@ -33,6 +33,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from simgan.sim_batch import (
+    FLAG_KEYS,
     RESET_OPTIONS,
     BatchSimulator,
     InitialStates,
@@ -42,8 +43,6 @@ from simgan.sim_batch import (
     validate_numpy_action,
 )
 from simgan.world_model import WorldModel
-
-FLAG_KEYS = ("unrealistic", "out_of_support", "non_finite")
 
 
 class SimVectorEnv(gym.vector.VectorEnv):
