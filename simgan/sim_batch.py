@@ -341,6 +341,10 @@ class BatchSimulator:
         tensors: ``obs`` B x D, ``reward`` B, ``terminated`` / ``truncated`` / ``unrealistic`` /
         ``out_of_support`` / ``non_finite`` B bool, ``realism`` B float (ones when ``compute_realism`` is off).
         """
+        if draw_fresh is not None and active is None:
+            raise ValueError(
+                "draw_fresh: expected `active` (the rows that do not restart) beside it, got None"
+            )
         noise = self.draw_noise()
         fresh = None if draw_fresh is None else draw_fresh()
         if not self.compiled:
@@ -421,7 +425,7 @@ class BatchSimulator:
             "out_of_support": out_of_support,
             "non_finite": ~finite,
         }
-        if fresh is not None and active is not None:  # the rows that are not active start again at `fresh`
+        if fresh is not None:  # the rows that are not active start again at `fresh` (step checked `active`)
             restarting = ~active
             self.obs = out["obs"] = torch.where(restarting[:, None], fresh, self.obs)
             self.steps = torch.where(restarting, 0, self.steps)

@@ -51,6 +51,17 @@ def test_next_step_autoreset_semantics():
     assert envs.stats["steps"] == 6 * 4  # autoreset steps are not transitions
 
 
+def test_the_engine_refuses_start_states_without_the_rows_they_are_for():
+    """BatchSimulator.step(draw_fresh=...) needs `active`; without it the fresh states were silently dropped."""
+    envs = SimVectorEnv(LinearModel(), num_envs=2, seed=0)
+    envs.reset(seed=0)
+    before = envs.sim.obs.clone()
+    action = torch.zeros(2, *envs.single_action_space.shape)
+    with pytest.raises(ValueError, match=r"draw_fresh: expected `active` .* got None"):
+        envs.sim.step(action, None, lambda: torch.zeros_like(before))
+    assert torch.equal(envs.sim.obs, before)  # nothing stepped
+
+
 def test_reset_mask_resets_only_the_masked_sub_envs_and_state_broadcasts():
     envs = SimVectorEnv(LinearModel(), num_envs=4, seed=0)
     envs.reset()
