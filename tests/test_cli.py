@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -34,6 +35,35 @@ def test_collect_help_explains_every_flag() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["collect"]
     missing = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
     assert not missing
+
+
+def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every subcommand's parser, nested ones (``agent train``) included, by command line."""
+    from simgan.cli import build_parser
+
+    found, todo = [], [("simgan", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {sub}", p) for sub, p in action.choices.items()]
+    return found
+
+
+def test_help_states_each_default_once_and_never_none() -> None:
+    parsers = _all_parsers()
+    assert {"simgan collect", "simgan train", "simgan agent train", "simgan agent eval"} <= {
+        n for n, _ in parsers
+    }
+    for name, parser in parsers:
+        text = " ".join(parser.format_help().split())  # argparse wraps lines; compare one line
+        assert "(default: None)" not in text, name
+        assert "(default: False)" not in text, name
+        # a help text that already gives its default gets no second one appended
+        assert not re.search(r"default[^()]*\) \(default: ", text), (name, text)
+    collect = dict(parsers)["simgan collect"].format_help()
+    assert "(default: 0)" in " ".join(collect.split())  # --workers: an undocumented default is still shown
 
 
 def test_collect_then_info(tmp_path: Path) -> None:

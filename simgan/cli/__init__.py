@@ -32,6 +32,23 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help where it tells the reader something: not where the help
+    already says its default, nor for a required option, a flag (store_true/false) or a default of None (the
+    option is off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or action.required
+            or action.default is None
+            or action.nargs == 0  # flags: their help says what giving them does
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from simgan import __version__
 
@@ -43,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, summary in COMMANDS:
         module = importlib.import_module(f"simgan.cli.{module_name}")
-        p = sub.add_parser(
-            name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        p = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
         module.add_parser(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -96,7 +96,9 @@ def known_kwargs(args: argparse.Namespace) -> dict[str, str]:
 def add_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
 
-    train = sub.add_parser("train", help="train an agent (SAC or PPO)")
+    train = sub.add_parser(
+        "train", help="train an agent (SAC or PPO)", formatter_class=parser.formatter_class
+    )
     train.add_argument("--algo", choices=["sac", "ppo"], required=True, help="learning algorithm")
     _add_env_args(train)
     train.add_argument("--steps", type=int, required=True, help="env transitions to train for (all sub-envs)")
@@ -128,7 +130,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
 
     evaluate = sub.add_parser(
-        "eval", help="evaluate a saved agent (or a planner saved by `simgan loop --algo mpc`)"
+        "eval",
+        help="evaluate a saved agent (or a planner saved by `simgan loop --algo mpc`)",
+        formatter_class=parser.formatter_class,
     )
     evaluate.add_argument(
         "--agent",
