@@ -18,6 +18,7 @@ import torch
 
 from simgan import losses
 from simgan.dataset_format import TransitionBatch
+from simgan.metrics import termination_scores
 from simgan.models import ConditionalGAN
 from simgan.train_config import TrainConfig
 
@@ -67,6 +68,7 @@ class Evaluator:
         rows = slice(0, self.MMD_ROWS)
         predicted, done = gen.termination_logit(cond, samples[:, 0]) > 0, self.done  # as the sim decides
         true_pos = float((predicted & done).sum())
+        scores = termination_scores(predicted, done)  # F1 1.0 where neither side terminates
         metrics = {
             "energy_score": float(losses.energy_score(samples, target)),
             "next_obs_mse_sample": float((next_sample - self.next_obs).pow(2).mean()),
@@ -76,8 +78,8 @@ class Evaluator:
             "mmd2": float(
                 losses.rbf_mmd2(torch.cat([cond, target], 1)[rows], torch.cat([cond, samples[:, 0]], 1)[rows])
             ),
-            "termination_accuracy": float((predicted == done).float().mean()),
-            "termination_f1": 2 * true_pos / max(1.0, float(predicted.sum() + done.sum())),
+            "termination_accuracy": scores["accuracy"],
+            "termination_f1": scores["f1"],
             "termination_recall": true_pos / float(done.sum()) if bool(done.any()) else math.nan,
             "d_accuracy": float((d_real > d_fake).float().mean()),
             "d_real": float(losses.discriminator_probabilities(self.config.loss, d_real).mean()),

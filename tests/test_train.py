@@ -424,3 +424,32 @@ def test_cartpole_termination_head_and_averaged_mean_head(tmp_path: Path) -> Non
         )
     print(f"CartPole mean head at step 4000: averaged MSE {averaged_mse:.3e}, trained {trained_mse:.3e}")
     assert averaged_mse < trained_mse
+
+
+@pytest.mark.parametrize(("bias", "f1"), [(-50.0, 1.0), (50.0, 0.0)])
+def test_termination_f1_of_an_env_that_never_terminates(
+    dataset, tmp_path: Path, bias: float, f1: float
+) -> None:
+    """Pendulum never terminates: a head that never predicts it agrees perfectly (F1 1.0, as `simgan evaluate`
+    scores it), one that always does scores 0; recall has nothing to find."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from simgan.models import ConditionalGAN
+    from simgan.training_eval import Evaluator
+    from simgan.world_model import ModelInfo
+
+    data = dataset  # simgan.collect returns the loaded dataset
+    model = ConditionalGAN(ModelInfo.from_dataset(data), TINY.model_config())
+    last = model.generator.termination_net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(bias)
+    assert not data.transitions.terminated.any()
+    evaluator = Evaluator(
+        model, data.transitions, dataclasses.replace(TINY, figures=False), torch.device("cpu")
+    )
+    with SummaryWriter(str(tmp_path / "tb")) as writer:
+        metrics = evaluator.evaluate(writer, step=0)
+    assert metrics["termination_f1"] == f1
+    assert metrics["termination_accuracy"] == (1.0 if bias < 0 else 0.0)
+    assert np.isnan(metrics["termination_recall"])
