@@ -7,6 +7,7 @@ error with gymnasium's "did you mean" suggestion.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -43,6 +44,18 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **make_kwarg
 
 
 def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    """The registered spec of an id (raises gymnasium's NameNotFound / VersionNotFound with suggestions)."""
+    """The registered spec of an id (raises gymnasium's NameNotFound / VersionNotFound with suggestions).
+
+    An id ``"module:EnvName-v0"`` imports ``module`` first, as ``gymnasium.make`` does, so a user's env that
+    registers itself when its module is imported works by that id everywhere (Ray workers import it too).
+    """
     register_envs()
-    return gym.spec(env_id)
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # one line at the CLI, as an unknown id is
+            raise gym.error.Error(
+                f"{env_id}: expected an importable module before ':' that registers {name}, got {exc}"
+            ) from exc
+    return gym.spec(name)

@@ -256,6 +256,45 @@ def test_bad_input_writes_nothing(tmp_path: Path, env_id: str, kwargs: dict, err
     assert not (tmp_path / "ds").exists()
 
 
+USER_ENV_MODULE = """
+import gymnasium as gym
+import numpy as np
+
+
+class Drift(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float64)  # float64, as many hand-written envs
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float64)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.s = self.np_random.uniform(-1, 1, 2)
+        return self.s.copy(), {}
+
+    def step(self, action):
+        self.s = np.clip(0.9 * self.s + 0.1 * float(action[0]), -1, 1)
+        return self.s.copy(), float(-np.sum(self.s**2)), False, False, {}
+
+
+gym.register("UserDrift-v0", entry_point=Drift, max_episode_steps=30)
+"""
+
+
+def test_user_env_by_module_prefixed_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "module:EnvName-v0" imports the module (which registers the env) before the id is looked up, as
+    gymnasium.make does; the dataset keeps the prefixed id, so it rebuilds the env wherever the module imports."""
+    (tmp_path / "simgan_user_envs.py").write_text(USER_ENV_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ds = collect(
+        "simgan_user_envs:UserDrift-v0", steps=100, out=tmp_path / "ds", envs_per_worker=2, progress=False
+    )
+    assert ds.env_id == "simgan_user_envs:UserDrift-v0" and ds.manifest["max_episode_steps"] == 30
+    assert len(ds) == 100 and ds.transitions.obs.dtype == np.float32
+    np.testing.assert_array_equal(np.sort(ds.episode_lengths()), [20, 20, 30, 30])
+    with pytest.raises(gym.error.Error, match=r"expected an importable module .*'no_such_module'"):
+        collect("no_such_module:UserDrift-v0", steps=10, out=tmp_path / "none", progress=False)
+    assert not (tmp_path / "none").exists()
+
+
 def test_non_empty_output_is_left_untouched(tmp_path: Path) -> None:
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "keep.txt").write_text("x")
