@@ -239,6 +239,13 @@ def load_shard_slice(
     return manifest, transitions.select(np.lexsort((transitions.step, transitions.episode)))
 
 
+def _short_of_limit(t: TransitionBatch, limit: int | None) -> str:
+    """The summary's note on truncated episodes that ended before the time limit (the collection's budget cuts
+    each sub-env's last episode; an env may also truncate by itself), or "" where none did."""
+    short = int((t.truncated & (t.step + 1 < limit)).sum()) if limit else 0
+    return f", {short:,} of those short of the {limit:,}-step limit" if short else ""
+
+
 def summarize(dataset: Dataset) -> str:
     """A human-readable summary: counts, return statistics and per-dimension ranges."""
     t = dataset.transitions
@@ -249,8 +256,8 @@ def summarize(dataset: Dataset) -> str:
         f"dataset      {dataset.path}",
         f"env          {m['env_id']} {json.dumps(m['env_kwargs']) if m['env_kwargs'] else ''}".rstrip(),
         f"transitions  {len(t):,} in {len(m['shards'])} shards (format v{m['format_version']}, seed {m['seed']})",
-        f"episodes     {len(returns):,} ({int(t.terminated.sum()):,} terminated, {int(t.truncated.sum()):,} truncated);"
-        f" validation {len(dataset.validation_episodes):,}",
+        f"episodes     {len(returns):,} ({int(t.terminated.sum()):,} terminated, {int(t.truncated.sum()):,} truncated"
+        f"{_short_of_limit(t, m.get('max_episode_steps'))}); validation {len(dataset.validation_episodes):,}",
         f"length       mean {lengths.mean():.1f}  min {lengths.min()}  max {lengths.max()}",
         f"return       mean {returns.mean():.3f}  std {returns.std():.3f}  min {returns.min():.3f}  max {returns.max():.3f}",
         f"reward       mean {t.reward.mean():.4f}  min {t.reward.min():.4f}  max {t.reward.max():.4f}",

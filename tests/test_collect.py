@@ -23,7 +23,7 @@ from simgan.collection import (
     describe_policy,
     split_budget,
 )
-from simgan.data import load_dataset
+from simgan.data import load_dataset, summarize
 from simgan.dataset_format import MANIFEST_NAME, encode_shard
 from simgan.fsutil import TMP_PREFIX
 from simgan.spaces import UnsupportedSpaceError
@@ -67,6 +67,9 @@ def test_pendulum_in_process_counts_and_budget_cut(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.sort(ds.episode_lengths()), [50, 51, 51, 51, 200, 200, 200, 200])
     assert t.truncated.sum() == 8 and not t.terminated.any()
     assert ds.manifest["num_episodes"] == 8 and ds.manifest["max_episode_steps"] == 200
+    # the summary says which truncations were the budget's cut, not the time limit
+    summary = summarize(ds)
+    assert "episodes     8 (0 terminated, 8 truncated, 4 of those short of the 200-step limit)" in summary
     assert {s["file"] for s in ds.manifest["shards"]} <= {f"shard-w000-c{i:05d}.npz" for i in range(4)}
     assert not list((tmp_path / "ds").glob(TMP_PREFIX + "*"))
 
