@@ -460,6 +460,8 @@ def train_sac(
                         writer.add_scalar("charts/SPS", sps, global_step)
         if callback is not None:
             callback(agent, global_step)
+        if bar.n + n_new > bar.total:  # the last step of all sub-envs overshoots total_steps by < num_envs
+            bar.total = bar.n + n_new
         bar.update(n_new)
         if tracker.returns and n_new:
             bar.set_postfix(ret=f"{np.mean(tracker.returns[-10:]):.1f}", refresh=False)

@@ -176,3 +176,13 @@ def test_sac_learns_pendulum_in_4000_steps():
     )
     assert after.mean_return > -400
     assert after.mean_return > before.mean_return + 600
+
+
+def test_progress_bar_ends_full_when_the_sub_envs_overshoot_total_steps(capsys) -> None:
+    """8 sub-envs step together, so 100 requested transitions become 104: the bar ends at 104/104, 100 %,
+    instead of dropping to a bare counter past its total."""
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")] * 8)
+    config = SACConfig(total_steps=100, learning_starts=50, batch_size=16, hidden_size=8, seed=0)
+    train_sac(envs, config, progress=True)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "104/104" in last and "100%" in last, last
