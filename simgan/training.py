@@ -310,12 +310,10 @@ def train(
                 scalars["charts/jsd_estimate"] = losses.jsd_estimate(d_adv)
             for tag, value in scalars.items():
                 writer.add_scalar(tag, float(torch.as_tensor(value).detach()), done_steps)
-            bar.set_postfix(
-                d=f"{d_loss.item():.3f}",
-                g=f"{g_adv.item():.3f}",
-                mse=f"{mse.item():.2e}",
-                best=f"{state['best_score']:.4f}",
-            )
+            postfix = {"d": f"{d_loss.item():.3f}", "g": f"{g_adv.item():.3f}", "mse": f"{mse.item():.2e}"}
+            if math.isfinite(state["best_score"]):  # none before the first evaluation
+                postfix["best"] = f"{state['best_score']:.4f}"
+            bar.set_postfix(postfix)
 
         # ---- evaluation, best checkpoint, resumable state -------------------------------------------------------
         if done_steps % config.eval_every == 0 or done_steps == total_steps:
