@@ -205,3 +205,74 @@ def _simgan_version() -> str:
     from simgan import __version__
 
     return __version__
+
+
+def _widths(hidden: Any) -> str:
+    return "-".join(str(int(h)) for h in hidden) or "none"
+
+
+def _space(space: Any) -> str:
+    if hasattr(space, "n"):
+        return f"Discrete({int(space.n)})"
+    return f"Box({', '.join(str(d) for d in space.shape)},) {space.dtype}"
+
+
+def _budget(train: dict[str, Any]) -> str:
+    epochs = train.get("epochs")
+    return f"{epochs} epochs" if epochs is not None else f"{train.get('steps', '?')} steps"
+
+
+def summarize_model(directory: str | Path) -> str:
+    """A human-readable summary of a model directory (``simgan info``): what it models, its architecture and
+    size, how it was trained, its validation metrics and forecast noise. Reads and verifies the files; builds
+    nothing."""
+    files = load_model_files(directory)
+    meta = json.loads((Path(directory) / MODEL_JSON).read_text())
+    info, config, metrics = files.info, files.config, files.metrics
+    parameters = sum(t.numel() for t in files.tensors.values() if t.is_floating_point())
+    rho, spread = stored_forecast_noise(files)
+    kwargs = f" {json.dumps(info.env_kwargs)}" if info.env_kwargs else ""
+    limit = f"; episodes up to {info.max_episode_steps:,} steps" if info.max_episode_steps else ""
+    lines = [
+        f"model        {directory} ({'conditional GAN' if files.kind == 'gan' else 'Gaussian ensemble'}, "
+        f"simgan {meta.get('simgan_version', '?')}, checkpoint format v{meta['format_version']})",
+        f"env          {info.env_id}{kwargs}; observations {_space(info.observation_space)}, actions "
+        f"{_space(info.action_space)}{limit}",
+        f"trained on   the dataset whose manifest has sha256 {info.dataset_sha256[:16]}... (`simgan info DATA`)",
+        f"size         {parameters:,} numbers (weights, normaliser statistics) in {meta['weights']['file']} "
+        "(checksum verified)",
+    ]
+    if files.kind == "gan":
+        model, train = config["model"], config.get("train", {})
+        components = model.get("noise_components", 0)
+        lines += [
+            f"architecture mean head {_widths(model['mean_hidden'])}, residual {_widths(model['residual_hidden'])}, "
+            f"discriminator {_widths(model['disc_hidden'])}, termination "
+            f"{_widths(model.get('termination_hidden', []))}; {model.get('activation', 'silu')}; noise "
+            f"{model['noise_dim']}{f' + {components} components' if components else ''}; {model['loss']} loss",
+            f"training     {_budget(train)}, batch {train.get('batch_size', '?')}, "
+            f"seed {train.get('seed', '?')}; best at step {metrics.get('best_step', '?')} (energy score "
+            f"{metrics.get('best_energy_score', float('nan')):.4g}) after {metrics.get('time_to_best_s', 0.0):.1f} s",
+        ]
+        if "next_obs_mse_mean" in metrics:
+            lines.append(
+                f"validation   next-obs MSE {metrics['next_obs_mse_mean']:.3g} (mean), "
+                f"{metrics['next_obs_mse_sample']:.3g} (sample), {metrics['next_obs_mse_identity']:.3g} (copying "
+                f"obs); reward MSE {metrics['reward_mse_mean']:.3g}; termination accuracy "
+                f"{metrics['termination_accuracy']:.3f}, F1 {metrics['termination_f1']:.3f}"
+            )
+        alarms = metrics.get("alarms") or []
+        lines.append(f"alarms       {'; '.join(str(a) for a in alarms) if alarms else 'none'}")
+    else:
+        ens = config["ensemble"]
+        lines += [
+            f"architecture {ens['members']} members ({ens['elites']} elites), each {_widths(ens['hidden'])}",
+            f"training     {metrics.get('steps', ens.get('steps', '?'))} steps, batch {ens.get('batch_size', '?')}, "
+            f"seed {ens.get('seed', '?')}; {metrics.get('train_transitions', 0):,} train / "
+            f"{metrics.get('validation_transitions', 0):,} validation transitions, "
+            f"{metrics.get('train_seconds', 0.0):.1f} s",
+        ]
+        if "val_mse_elites" in metrics:
+            lines.append(f"validation   elites' MSE {metrics['val_mse_elites']:.3g} (normalised targets)")
+    lines.append(f"forecast     noise correlation {rho:g}, spread {spread:g} (as `simgan forecast` draws it)")
+    return "\n".join(lines)

@@ -39,6 +39,7 @@ from simgan.dataset_format import (  # noqa: F401 (re-exported: the format stays
     write_manifest,
     write_shard,
 )
+from simgan.fsutil import sha256_file
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
@@ -256,6 +257,7 @@ def summarize(dataset: Dataset) -> str:
         f"dataset      {dataset.path}",
         f"env          {m['env_id']} {json.dumps(m['env_kwargs']) if m['env_kwargs'] else ''}".rstrip(),
         f"transitions  {len(t):,} in {len(m['shards'])} shards (format v{m['format_version']}, seed {m['seed']})",
+        f"manifest     sha256 {sha256_file(dataset.path / MANIFEST_NAME)[:16]}... (models trained on it name this)",
         f"episodes     {len(returns):,} ({int(t.terminated.sum()):,} terminated, {int(t.truncated.sum()):,} truncated"
         f"{_short_of_limit(t, m.get('max_episode_steps'))}); validation {len(dataset.validation_episodes):,}",
         f"length       mean {lengths.mean():.1f}  min {lengths.min()}  max {lengths.max()}",

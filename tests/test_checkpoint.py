@@ -147,3 +147,42 @@ def test_malicious_train_state_is_refused_and_not_executed(dataset, run_dir: Pat
     with pytest.raises(CheckpointError, match=r"train_state\.pt"):
         train(dataset, copy, TINY_GAN, resume=True, progress=False)
     assert not marker.exists()
+
+
+def test_info_summarises_a_model_directory(dataset, run_dir: Path, tmp_path: Path) -> None:
+    """`simgan info` on a model directory (GAN and ensemble): what it models, its size, its training and the
+    dataset it came from, named by the same manifest hash `simgan info DATA` prints."""
+    from simgan.checkpoint import summarize_model
+    from simgan.data import summarize
+    from simgan.ensemble_training import EnsembleConfig, train_ensemble
+
+    gan = summarize_model(run_dir)
+    manifest_line = next(line for line in summarize(dataset).splitlines() if line.startswith("manifest"))
+    digest = manifest_line.split()[2]  # "manifest     sha256 0123456789abcdef... (...)"
+    assert digest.endswith("...") and f"has sha256 {digest}" in gan
+    model = load_model(run_dir)
+    count = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+    assert f"{count:,} numbers" in gan
+    assert "conditional GAN" in gan and "observations Box(3,) float32, actions Box(1,) float32" in gan
+    assert f"mean head {'-'.join(map(str, TINY_GAN.mean_hidden))}" in gan
+    assert f"training     {TINY_GAN.steps} steps, batch {TINY_GAN.batch_size}, seed {TINY_GAN.seed}" in gan
+    assert "validation   next-obs MSE" in gan and "alarms       none" in gan
+
+    out = tmp_path / "ens"
+    config = EnsembleConfig(members=2, elites=1, hidden=(16, 16), steps=20, seed=4, progress=False)
+    train_ensemble(dataset, out=out, config=config)
+    ens = summarize_model(out)
+    assert "Gaussian ensemble" in ens and "2 members (1 elites), each 16-16" in ens
+    assert "20 steps, batch 256, seed 4" in ens and "elites' MSE" in ens and f"has sha256 {digest}" in ens
+
+    with pytest.raises(CheckpointError, match="missing; expected a model directory"):
+        summarize_model(tmp_path)
+
+
+def test_info_cli_tells_a_model_directory_from_a_dataset(dataset, run_dir: Path, capsys) -> None:
+    from simgan.cli import main
+
+    assert main(["info", str(run_dir)]) == 0
+    assert capsys.readouterr().out.startswith(f"model        {run_dir} (conditional GAN")
+    assert main(["info", str(dataset.path)]) == 0
+    assert capsys.readouterr().out.startswith(f"dataset      {dataset.path}")

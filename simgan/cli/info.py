@@ -1,23 +1,32 @@
-"""``simgan info DIR``: summarise a dataset directory."""
+"""``simgan info DIR``: summarise a dataset directory or a model directory."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a dataset directory written by `simgan collect`")
+    parser.add_argument(
+        "path", help="a dataset directory written by `simgan collect`, or a model directory by `simgan train`"
+    )
     parser.add_argument(
         "--validation-fraction",
         type=float,
         default=0.1,
-        help="share of episodes held out (shown in the summary)",
+        help="datasets: share of episodes held out (shown in the summary)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from simgan.checkpoint import MODEL_JSON, summarize_model
     from simgan.data import load_dataset, summarize
+    from simgan.dataset_format import MANIFEST_NAME
 
-    dataset = load_dataset(args.path, validation_fraction=args.validation_fraction)
+    path = Path(args.path)
+    if (path / MODEL_JSON).is_file() and not (path / MANIFEST_NAME).is_file():
+        print(summarize_model(path))
+        return 0
+    dataset = load_dataset(path, validation_fraction=args.validation_fraction)
     print(summarize(dataset))
     return 0
