@@ -55,6 +55,8 @@ class ModelFiles:
     info: ModelInfo
     tensors: dict[str, torch.Tensor]
     metrics: dict[str, Any]
+    weights_file: str = ""  # the verified weights file's name
+    simgan_version: str = "?"  # the simgan that wrote the directory
 
 
 def save_model(
@@ -152,7 +154,13 @@ def load_model_files(directory: str | Path) -> ModelFiles:
     tensors = {k: v for k, v in tensors.items() if not k.startswith(_INFO_PREFIX)}
     info = ModelInfo.from_json(meta["info"], info_arrays)
     return ModelFiles(
-        kind=kind, config=meta["config"], info=info, tensors=tensors, metrics=meta.get("metrics", {})
+        kind=kind,
+        config=meta["config"],
+        info=info,
+        tensors=tensors,
+        metrics=meta.get("metrics", {}),
+        weights_file=weights_path.name,
+        simgan_version=str(meta.get("simgan_version", "?")),
     )
 
 
@@ -227,7 +235,6 @@ def summarize_model(directory: str | Path) -> str:
     size, how it was trained, its validation metrics and forecast noise. Reads and verifies the files; builds
     nothing."""
     files = load_model_files(directory)
-    meta = json.loads((Path(directory) / MODEL_JSON).read_text())
     info, config, metrics = files.info, files.config, files.metrics
     parameters = sum(t.numel() for t in files.tensors.values() if t.is_floating_point())
     rho, spread = stored_forecast_noise(files)
@@ -235,11 +242,11 @@ def summarize_model(directory: str | Path) -> str:
     limit = f"; episodes up to {info.max_episode_steps:,} steps" if info.max_episode_steps else ""
     lines = [
         f"model        {directory} ({'conditional GAN' if files.kind == 'gan' else 'Gaussian ensemble'}, "
-        f"simgan {meta.get('simgan_version', '?')}, checkpoint format v{meta['format_version']})",
+        f"simgan {files.simgan_version}, checkpoint format v{CHECKPOINT_VERSION})",
         f"env          {info.env_id}{kwargs}; observations {_space(info.observation_space)}, actions "
         f"{_space(info.action_space)}{limit}",
         f"trained on   the dataset whose manifest has sha256 {info.dataset_sha256[:16]}... (`simgan info DATA`)",
-        f"size         {parameters:,} numbers (weights, normaliser statistics) in {meta['weights']['file']} "
+        f"size         {parameters:,} numbers (weights, normaliser statistics) in {files.weights_file} "
         "(checksum verified)",
     ]
     if files.kind == "gan":

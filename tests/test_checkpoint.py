@@ -162,7 +162,7 @@ def test_info_summarises_a_model_directory(dataset, run_dir: Path, tmp_path: Pat
     assert digest.endswith("...") and f"has sha256 {digest}" in gan
     model = load_model(run_dir)
     count = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
-    assert f"{count:,} numbers" in gan
+    assert f"{count:,} numbers" in gan and f"in {weights_file(run_dir).name} (checksum verified)" in gan
     assert "conditional GAN" in gan and "observations Box(3,) float32, actions Box(1,) float32" in gan
     assert f"mean head {'-'.join(map(str, TINY_GAN.mean_hidden))}" in gan
     assert f"training     {TINY_GAN.steps} steps, batch {TINY_GAN.batch_size}, seed {TINY_GAN.seed}" in gan
