@@ -227,6 +227,11 @@ def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[st
     that reward (``sim_known_reward``, ``spearman_known_reward``): the same trajectories (the reward does not
     steer the dynamics, and the termination stays the learned one), so the two figures differ only by the
     learned reward's error.
+
+    For a reward that takes a few values in the model's data (InvertedPendulum's 0 and 1, CartPole's 1), they
+    are rated a third time in the same learned env with its learned reward rounded to those values
+    (``reward_values``; ``sim_rounded_reward``, ``spearman_rounded_reward``): the same trajectories again, and
+    nothing the model did not learn from its data.
     """
     from scipy.stats import spearmanr
 
@@ -245,6 +250,8 @@ def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[st
     sim_kwargs = {"num_envs": min(episodes, 100), "device": "cpu", "compute_realism": False, "seed": 0}
     sim_env = SimVectorEnv(last[-1], **sim_kwargs)
     known_env = SimVectorEnv(last[-1], reward_fn="known", **sim_kwargs) if env_id in KNOWN else None
+    values = data_reward_values(last[-1])
+    rounded_env = None if values is None else SimVectorEnv(last[-1], reward_values=values, **sim_kwargs)
     rows = []
     for path in policies:
         agent = load_agent(path, real_env.observation_space, real_env.action_space)
@@ -261,6 +268,10 @@ def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[st
             row["sim_known_reward"] = evaluate_policy(
                 agent, known_env, episodes=episodes, seed=20_000
             ).mean_return
+        if rounded_env is not None:
+            row["sim_rounded_reward"] = evaluate_policy(
+                agent, rounded_env, episodes=episodes, seed=20_000
+            ).mean_return
         rows.append(row)
     if len(rows) < 3:
         return {"policies": rows}
@@ -274,7 +285,28 @@ def rank_correlation(env_id: str, seed_dir: Path, episodes: int = 10) -> dict[st
     if known_env is not None:
         rho = spearmanr([r["sim_known_reward"] for r in rows], real).statistic
         result["spearman_known_reward"] = float(rho)
+    if rounded_env is not None:
+        rho = spearmanr([r["sim_rounded_reward"] for r in rows], real).statistic
+        result["spearman_rounded_reward"] = float(rho)
+        result["reward_values"] = values.tolist()
     return result
+
+
+def data_reward_values(model_dir: Path) -> np.ndarray | None:
+    """The few values the reward took in the model's training data (``model.info.reward_values``), or None for
+    a continuous reward. Models saved before simgan recorded them get the values from their loop iteration's
+    dataset, computed as ``ModelInfo.from_dataset`` does."""
+    from simgan.checkpoint import load_model_files
+    from simgan.data import load_dataset
+    from simgan.loop import training_data_dir
+    from simgan.world_model import discrete_values
+
+    info = load_model_files(model_dir).info
+    if info.reward_values is not None:
+        return info.reward_values
+    iteration = int(model_dir.parent.name.removeprefix("iter-"))
+    data_dir = training_data_dir(model_dir.parent.parent, iteration)
+    return discrete_values(load_dataset(data_dir).train.reward) if data_dir.is_dir() else None
 
 
 def write_plot(results: dict[str, Any], path: Path) -> None:
@@ -350,6 +382,12 @@ def markdown(results: dict[str, Any]) -> str:
                     + (
                         f"; with the env's known reward: {corr['spearman_known_reward']:.3f}"
                         if "spearman_known_reward" in corr
+                        else ""
+                    )
+                    + (
+                        f"; with the learned reward rounded to the data's values {corr['reward_values']}: "
+                        f"{corr['spearman_rounded_reward']:.3f}"
+                        if "spearman_rounded_reward" in corr
                         else ""
                     )
                 )

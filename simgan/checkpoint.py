@@ -230,6 +230,16 @@ def _budget(train: dict[str, Any]) -> str:
     return f"{epochs} epochs" if epochs is not None else f"{train.get('steps', '?')} steps"
 
 
+def _reward_values(values: np.ndarray | None) -> str:
+    if values is None:
+        return "continuous in the training data (or not recorded)"
+    shown = ", ".join(f"{v:g}" for v in values.tolist())
+    return (
+        f"{len(values)} distinct value{'s' if len(values) > 1 else ''} in the training data: {shown} "
+        "(a learned env rounds to them with reward_values='data', `--round-reward`)"
+    )
+
+
 def summarize_model(directory: str | Path) -> str:
     """A human-readable summary of a model directory (``simgan info``): what it models, its architecture and
     size, how it was trained, its validation metrics and forecast noise. Reads and verifies the files; builds
@@ -246,6 +256,7 @@ def summarize_model(directory: str | Path) -> str:
         f"env          {info.env_id}{kwargs}; observations {_space(info.observation_space)}, actions "
         f"{_space(info.action_space)}{limit}",
         f"trained on   the dataset whose manifest has sha256 {info.dataset_sha256[:16]}... (`simgan info DATA`)",
+        f"reward       {_reward_values(info.reward_values)}",
         f"size         {parameters:,} numbers (weights, normaliser statistics) in {files.weights_file} "
         "(checksum verified)",
     ]

@@ -119,6 +119,13 @@ class LoopConfig:
         default=False,
         metadata={"help": "the learned env ends episodes by the real env's own termination (envs.known)"},
     )
+    round_reward: bool = field(
+        default=False,
+        metadata={
+            "help": "the learned env rounds the learned reward to the few values the data's reward took "
+            "(reward_values='data': CartPole's 1, InvertedPendulum's 0 and 1); for discrete rewards only"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "base seed (collection, model, agent, evaluation)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
@@ -142,9 +149,13 @@ class LoopConfig:
                 f"eval_episodes >= 1, workers >= 0, seed >= 0: got {self.eval_episodes}, {self.workers}, "
                 f"{self.seed}"
             )
-        for name in ("halt_unknown", "known_reward", "known_termination"):
+        for name in ("halt_unknown", "known_reward", "known_termination", "round_reward"):
             if not isinstance(getattr(self, name), bool):
                 raise LoopError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if self.known_reward and self.round_reward:
+            raise LoopError(
+                "round_reward: rounds the learned reward, so expected known_reward=False beside it, got True"
+            )
         if self.known_reward or self.known_termination:
             from envs.known import UnknownFunctionsError, known_functions
 
@@ -155,11 +166,12 @@ class LoopConfig:
         if self.model not in ("gan", "ensemble"):
             raise LoopError(f"model: expected 'gan' or 'ensemble', got {self.model!r}")
 
-    def known_fns(self) -> dict[str, str]:
-        """The learned env's ``reward_fn`` / ``termination_fn`` keyword arguments ("known") for this run."""
-        from simgan.sim_batch import known_fn_kwargs
+    def learned_env_kwargs(self) -> dict[str, str]:
+        """The learned env's ``reward_fn`` / ``termination_fn`` ("known") and ``reward_values`` ("data")
+        keyword arguments for this run."""
+        from simgan.sim_batch import learned_env_kwargs
 
-        return known_fn_kwargs(self.known_reward, self.known_termination)
+        return learned_env_kwargs(self.known_reward, self.known_termination, self.round_reward)
 
     def seed_of(self, iteration: int) -> int:
         """The seed of everything ``iteration`` draws: its collection, its model (training and calibration) and its
@@ -217,7 +229,7 @@ class SimContext:
             compute_realism=False,
             halt_unknown=self.config.halt_unknown,
             seed=self.seed,
-            **self.config.known_fns(),
+            **self.config.learned_env_kwargs(),
         )
 
 

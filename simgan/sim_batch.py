@@ -5,6 +5,7 @@ Per step, on the model's device (B sub-envs, D = obs_dim)::
     noise (B x noise_dim) -> model.sample_with_realism(obs, action, noise)   (model.sample when realism is off)
                           -> next_obs, reward, terminated, realism (the model judges its own transition)
     reward_fn / termination_fn replace the learned ones when given ("known": the source env's, envs.known)
+    reward_values: the learned reward rounded to the nearest of a few values ("data": those of the training data)
     realism below realism_threshold         -> info["unrealistic"], truncated (terminated with halt_unknown)
     next_obs outside the data range +margin -> info["out_of_support"], truncated (terminated with halt_unknown)
     non-finite model output                 -> info["non_finite"], truncated, last finite obs kept
@@ -51,10 +52,56 @@ def resolve_transition_fn(name: str, fn: TransitionFnArg, info: Any) -> Transiti
     return functions.reward if name == "reward_fn" else functions.termination
 
 
-def known_fn_kwargs(reward: bool, termination: bool) -> dict[str, str]:
-    """The ``reward_fn`` / ``termination_fn`` keyword arguments ("known") of a learned env whose source env's own
-    reward and/or termination replace the learned ones."""
-    return {name: "known" for name, on in (("reward_fn", reward), ("termination_fn", termination)) if on}
+def resolve_reward_values(reward_values: Any, reward_fn: Any, info: Any) -> np.ndarray | None:
+    """The ascending float32 values that the learned reward is rounded to, or None (no rounding).
+
+    ``None``; ``"data"``: the values the training data's reward took (``model.info.reward_values``, recorded when
+    there are only a few: CartPole's 1, InvertedPendulum's 0 and 1); or a 1-D array of finite values. Rounding
+    applies to the learned reward, so a ``reward_fn`` beside it is refused.
+    """
+    if reward_values is None:
+        return None
+    if reward_fn is not None:
+        raise ValueError(
+            f"reward_values: rounds the learned reward, so expected reward_fn=None beside it, got {reward_fn!r}"
+        )
+    if isinstance(reward_values, str):
+        if reward_values != "data":
+            raise ValueError(
+                f"reward_values: expected None, 'data' or an array of values, got {reward_values!r}"
+            )
+        if info.reward_values is None:
+            raise ValueError(
+                "reward_values='data': expected a model whose training data's reward takes a few distinct values "
+                f"(recorded in model.info.reward_values), got none recorded for this {info.env_id} model (a "
+                "continuous reward, or a model saved before simgan recorded them); pass the values as an array"
+            )
+        reward_values = info.reward_values
+    values = np.asarray(reward_values, dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"reward_values: expected a non-empty 1-D array of finite values, got {reward_values!r}"
+        )
+    return np.unique(values).astype(np.float32)
+
+
+# the string settings of a learned env that a loop, a CLI flag or a saved planner can ask for
+LEARNED_ENV_SETTINGS = {"reward_fn": "known", "termination_fn": "known", "reward_values": "data"}
+
+
+def learned_env_kwargs(
+    known_reward: bool, known_termination: bool, round_reward: bool = False
+) -> dict[str, str]:
+    """The keyword arguments of a learned env whose source env's own reward and/or termination replace the
+    learned ones (``reward_fn`` / ``termination_fn``: "known"), or whose learned reward is rounded to its training
+    data's values (``reward_values``: "data"). Rounding applies to the learned reward: with ``known_reward`` too,
+    ``ValueError``."""
+    if known_reward and round_reward:
+        raise ValueError(
+            "round_reward: rounds the learned reward, so expected known_reward=False beside it, got True"
+        )
+    chosen = {"reward_fn": known_reward, "termination_fn": known_termination, "reward_values": round_reward}
+    return {name: LEARNED_ENV_SETTINGS[name] for name, on in chosen.items() if on}
 
 
 def resolve_model(model: WorldModel | str | os.PathLike, device: str | torch.device) -> WorldModel:
@@ -131,6 +178,7 @@ class BatchSimulator:
         precision: str = "float32",
         halt_unknown: bool = False,
         compile: bool = False,
+        reward_values: np.ndarray | str | None = None,
     ) -> None:
         info = model.info
         if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
@@ -161,6 +209,12 @@ class BatchSimulator:
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.reward_fn = resolve_transition_fn("reward_fn", reward_fn, info)
         self.termination_fn = resolve_transition_fn("termination_fn", termination_fn, info)
+        values = resolve_reward_values(reward_values, reward_fn, info)
+        self.reward_values = None if values is None else torch.as_tensor(values, device=self.device)
+        # a reward between two values goes to the nearer one: bucketize by the midpoints
+        self.reward_midpoints = (
+            None if values is None else (self.reward_values[1:] + self.reward_values[:-1]) / 2
+        )
         self.realism_threshold = None if realism_threshold is None else float(realism_threshold)
         self.compute_realism = compute_realism
         self.halt_unknown = bool(halt_unknown)
@@ -384,6 +438,8 @@ class BatchSimulator:
         model_reward = reward = reward.reshape(self.num_envs).to(torch.float32)
         if self.reward_fn is not None:
             reward = self.reward_fn(obs, action, next_obs).reshape(self.num_envs).to(torch.float32)
+        if self.reward_values is not None:
+            reward = self.reward_values[torch.bucketize(reward.contiguous(), self.reward_midpoints)]
         if self.termination_fn is not None:
             terminated = self.termination_fn(obs, action, next_obs)
         terminated = terminated.reshape(self.num_envs).to(torch.bool)

@@ -53,6 +53,11 @@ class SimEnv(gym.Env[np.ndarray, Any]):
             source env's own reward (:mod:`envs.known`: Pendulum, CartPole, Acrobot, MountainCar,
             InvertedPendulum and simgan's multimodal envs), so only the dynamics are learned (PETS).
         termination_fn: same signature, returns B bools; replaces the learned termination (``"known"`` too).
+        reward_values: round the learned reward to the nearest of these values: ``"data"`` for the few values
+            the training data's reward took (``model.info.reward_values``: CartPole's 1, InvertedPendulum's 0
+            and 1, Acrobot's -1 and 0), or an array. For rewards that take only a few values it removes the
+            learned reward's small errors (1.02 where reality pays 1), which otherwise order equally good
+            policies at random. ``None`` (default): the learned reward as it comes.
         realism_threshold: transitions whose realism is below it end the episode (truncated,
             ``info["unrealistic"]``). ``None``: never.
         support_margin: next states outside [state_low - m, state_high + m] (m = margin x data range, per
@@ -100,6 +105,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
         precision: str = "float32",
         halt_unknown: bool = False,
         compile: bool = False,
+        reward_values: np.ndarray | str | None = None,
         seed: int | None = None,
     ) -> None:
         self.model = resolve_model(model, device)
@@ -119,6 +125,7 @@ class SimEnv(gym.Env[np.ndarray, Any]):
             precision=precision,
             halt_unknown=halt_unknown,
             compile=compile,
+            reward_values=reward_values,
         )
         self.max_episode_steps = self.sim.max_episode_steps
         self._needs_reset = True

@@ -63,7 +63,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
         validate_actions: raise ``ValueError`` on NaN/inf/out-of-bounds actions. Default: always in numpy
             mode and on CPU; not in torch mode on CUDA (it would cost a host sync per step).
         initial_states, max_episode_steps, reward_fn, termination_fn, realism_threshold, support_margin,
-        compute_realism, precision, halt_unknown, compile, seed: as for :class:`simgan.sim_env.SimEnv`.
+        compute_realism, precision, halt_unknown, compile, reward_values, seed: as for :class:`simgan.sim_env.SimEnv`.
 
     Reset options: ``reset_mask`` (B bools) resets only those sub-envs; ``state``: (obs_dim,) broadcast or
     (num_envs, obs_dim) start states (rows picked by ``reset_mask``); ``noise``: None, ``"fixed"``, an int seed
@@ -92,6 +92,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
         precision: str = "float32",
         halt_unknown: bool = False,
         compile: bool = False,
+        reward_values: np.ndarray | str | None = None,
         seed: int | None = None,
     ) -> None:
         self.model = resolve_model(model, device)
@@ -109,6 +110,7 @@ class SimVectorEnv(gym.vector.VectorEnv):
             precision=precision,
             halt_unknown=halt_unknown,
             compile=compile,
+            reward_values=reward_values,
         )
         self.num_envs = self.sim.num_envs
         self.device = self.sim.device

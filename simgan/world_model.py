@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 # A data column whose std is below this is constant (CartPole's reward of 1): every model's normaliser and the
 # metrics leave such columns in raw units instead of dividing float noise by a tiny std.
 CONSTANT_COLUMN_STD = 1e-6
+# A reward column with at most this many distinct values (and at least DISCRETE_REWARD_MIN_REPEATS transitions per
+# value) is discrete: CartPole's 1, InvertedPendulum's 1 / 0, Acrobot's -1 / 0. The model records the values, and
+# a learned env can round its learned reward to them (``reward_values="data"``).
+MAX_DISCRETE_REWARDS = 16
+DISCRETE_REWARD_MIN_REPEATS = 10
 # A model's noise_spread above this is refused (model.json, forecasts): a typo, not a calibration.
 MAX_NOISE_SPREAD = 10.0
 
@@ -73,6 +78,9 @@ class ModelInfo:
     state_low: np.ndarray  # obs_dim: per-dimension minimum seen in the training data (obs and next_obs)
     state_high: np.ndarray  # obs_dim: per-dimension maximum seen in the training data
     dataset_sha256: str  # sha256 of the dataset's manifest.json
+    # the distinct values of the training data's reward, ascending, when it takes only a few (discrete_values);
+    # None for a continuous reward and for models saved before simgan recorded them
+    reward_values: np.ndarray | None = None
 
     @property
     def obs_dim(self) -> int:
@@ -103,6 +111,7 @@ class ModelInfo:
             state_low=states.min(axis=0).astype(np.float32),
             state_high=states.max(axis=0).astype(np.float32),
             dataset_sha256=sha256_file(dataset.path / "manifest.json"),
+            reward_values=discrete_values(train.reward),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -117,11 +126,14 @@ class ModelInfo:
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             "initial_states": self.initial_states,
             "state_low": self.state_low,
             "state_high": self.state_high,
         }
+        if self.reward_values is not None:
+            arrays["reward_values"] = self.reward_values
+        return arrays
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ModelInfo:
@@ -135,7 +147,23 @@ class ModelInfo:
             state_low=np.asarray(arrays["state_low"], dtype=np.float32),
             state_high=np.asarray(arrays["state_high"], dtype=np.float32),
             dataset_sha256=meta["dataset_sha256"],
+            reward_values=(
+                np.asarray(arrays["reward_values"], dtype=np.float32) if "reward_values" in arrays else None
+            ),
         )
+
+
+def discrete_values(values: np.ndarray) -> np.ndarray | None:
+    """The distinct values of ``values`` (ascending, float32) when there are at most ``MAX_DISCRETE_REWARDS`` of
+    them and each is backed by ``DISCRETE_REWARD_MIN_REPEATS`` entries on average; else None (a continuous column,
+    or too few entries to tell)."""
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if len(values) == 0 or not np.all(np.isfinite(values)):
+        return None
+    distinct = np.unique(values)
+    if len(distinct) > MAX_DISCRETE_REWARDS or len(values) < DISCRETE_REWARD_MIN_REPEATS * len(distinct):
+        return None
+    return distinct
 
 
 @runtime_checkable

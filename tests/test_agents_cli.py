@@ -110,6 +110,8 @@ def test_train_sac_pendulum_and_errors(tmp_path):
     done = simgan("eval", "--agent", str(out), "--env", "Pendulum-v1", "--known-termination")
     assert done.returncode == 2
     assert "--known-termination: expected --sim (a learned env), got --env Pendulum-v1" in done.stderr
+    done = simgan("eval", "--agent", str(out), "--env", "Pendulum-v1", "--round-reward")
+    assert done.returncode == 2 and "--round-reward: expected --sim (a learned env)" in done.stderr
 
     done = simgan("train", "--algo", "sac", "--env", "Pendulum-v2", "--steps", "10", "--out", str(out))
     assert done.returncode == 2 and "`v1`" in done.stderr  # gymnasium's "did you mean" (v1 exists)

@@ -259,3 +259,51 @@ def test_a_loop_stopped_at_the_threshold_resumes_to_its_full_budget(bench, tmp_p
         # learned reward is bound by nothing
         assert -16.3 * 200 <= policy["sim_known_reward"] <= 0.0
         assert policy["sim_known_reward"] != policy["sim"]
+
+
+def test_the_report_gives_the_rank_correlation_with_the_rounded_reward(bench) -> None:
+    part = _part(0, 1)
+    ranked = [{"policy": f"p{k}", "real": k, "sim": k, "sim_rounded_reward": k} for k in range(3)]
+    part["envs"]["CartPole-v1"]["rank_correlation"] = {
+        "0": {
+            "policies": ranked,
+            "spearman": 0.5,
+            "episodes": 10,
+            "spearman_rounded_reward": 1.0,
+            "reward_values": [1.0],
+        }
+    }
+    last = bench.markdown(part).splitlines()[-1]
+    assert last.endswith("; with the learned reward rounded to the data's values [1.0]: 1.000")
+
+
+def test_the_rounded_values_come_from_the_model_or_for_older_models_its_iterations_data(
+    bench, tmp_path: Path
+) -> None:
+    """A model records the values of its data's discrete reward; for one saved before it did, the bench reads
+    them from the dataset its loop iteration trained on (iteration 0: its own collection)."""
+    import dataclasses
+
+    import simgan
+    from simgan.checkpoint import load_model_files, save_model
+    from simgan.ensemble_training import EnsembleConfig, train_ensemble
+
+    iteration = tmp_path / "loop-gan" / "iter-000"
+    data = simgan.collect("CartPole-v1", steps=400, workers=0, out=iteration / "data", seed=0, progress=False)
+    config = EnsembleConfig(members=2, elites=1, hidden=(8,), steps=5, seed=0, progress=False)
+    train_ensemble(data, out=iteration / "model", config=config)
+    assert bench.data_reward_values(iteration / "model").tolist() == [1.0]
+
+    files = load_model_files(iteration / "model")  # the same model as saved before values were recorded
+    old = iteration.parent / "iter-001"
+    save_model(
+        old / "model",
+        kind=files.kind,
+        config=files.config,
+        info=dataclasses.replace(files.info, reward_values=None),
+        tensors=files.tensors,
+    )
+    assert load_model_files(old / "model").info.reward_values is None
+    assert bench.data_reward_values(old / "model") is None  # iteration 1 trains on union/: not there
+    simgan.collect("CartPole-v1", steps=100, workers=0, out=old / "union", seed=1, progress=False)
+    assert bench.data_reward_values(old / "model").tolist() == [1.0]

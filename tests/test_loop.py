@@ -235,18 +235,29 @@ def test_loop_config_validates() -> None:
         LoopConfig(env_id="Pendulum-v1", known_reward="yes")  # type: ignore[arg-type]
     with pytest.raises(LoopError, match=r"expected one of the env ids .* got 'HalfCheetah-v5'"):
         LoopConfig(env_id="HalfCheetah-v5", known_termination=True)  # refused before anything is written
+    with pytest.raises(
+        LoopError, match="round_reward: rounds the learned reward, so expected known_reward=False"
+    ):
+        LoopConfig(env_id="Pendulum-v1", known_reward=True, round_reward=True)
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(0) == 50
     assert LoopConfig(env_id="Pendulum-v1", initial_steps=50).steps_of(1) == 1000
 
 
 @pytest.mark.parametrize(
-    "halt, known_reward, known_termination",
-    [(False, False, False), (True, False, False), (False, True, False), (False, True, True)],
+    "halt, known_reward, known_termination, round_reward",
+    [
+        (False, False, False, False),
+        (True, False, False, False),
+        (False, True, False, False),
+        (False, True, True, False),
+        (False, False, True, True),
+    ],
 )
 def test_the_agents_learned_envs_are_configured_by_the_loop(
-    halt: bool, known_reward: bool, known_termination: bool, tmp_path: Path
+    halt: bool, known_reward: bool, known_termination: bool, round_reward: bool, tmp_path: Path
 ) -> None:
-    """halt_unknown and the known reward / termination reach every learned env the agent is given."""
+    """halt_unknown, the known reward / termination and the rounded reward reach every learned env the agent is
+    given."""
     import dataclasses
 
     from worldmodels import LinearModel, linear_info
@@ -260,11 +271,13 @@ def test_the_agents_learned_envs_are_configured_by_the_loop(
         rollout_horizon=7,
         known_reward=known_reward,
         known_termination=known_termination,
+        round_reward=round_reward,
     )
+    values = np.array([-1.0, 0.0], dtype=np.float32)
     context = SimContext(
-        model=LinearModel(
-            dataclasses.replace(linear_info(), env_id="Pendulum-v1")
-        ),  # a model of the loop's env
+        model=LinearModel(  # a model of the loop's env, whose data's reward took two values
+            dataclasses.replace(linear_info(), env_id="Pendulum-v1", reward_values=values)
+        ),
         model_dir=tmp_path,
         start_states=np.zeros((5, 3), dtype=np.float32),
         config=config,
@@ -276,6 +289,10 @@ def test_the_agents_learned_envs_are_configured_by_the_loop(
         assert env.sim.halt_unknown is halt
         assert env.sim.reward_fn is (KNOWN["Pendulum-v1"].reward if known_reward else None)
         assert env.sim.termination_fn is (KNOWN["Pendulum-v1"].termination if known_termination else None)
+        rounded = env.sim.reward_values
+        assert (
+            (rounded is not None and rounded.tolist() == values.tolist()) if round_reward else rounded is None
+        )
     assert context.make_env(4).max_episode_steps == 7
 
 
@@ -477,9 +494,7 @@ def test_planner_files_are_checked_and_old_ones_still_load(tmp_path: Path) -> No
     refused({**good, "planner": {**good["planner"], "depth": 3}}, r"got \['depth'\]")
     refused({k: v for k, v in good.items() if k != "algo"}, "algo 'mpc'")
     refused({**good, "planner": {"horizon": 2}}, "planner settings lack")
-    refused({**good, "env": {"reward_fn": "learned"}}, r"expected env settings .* set to 'known'")
-    refused(
-        {**good, "env": {"dynamics": "known"}},
-        r"expected env settings among \['reward_fn', 'termination_fn'\]",
-    )
+    refused({**good, "env": {"reward_fn": "learned"}}, r"expected env settings among \{'reward_fn': 'known'")
+    refused({**good, "env": {"reward_values": "known"}}, r"'reward_values': 'data'\}, got \{'reward_values'")
+    refused({**good, "env": {"dynamics": "known"}}, r"'termination_fn': 'known'.*got \{'dynamics': 'known'\}")
     refused({"algo": "mpc", "model_dir": str(tmp_path / "model"), "planner": {"horizon": 2}}, "incomplete")

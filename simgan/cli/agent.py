@@ -56,7 +56,8 @@ def _add_env_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_known_args(parser: argparse.ArgumentParser) -> None:
-    """--known-reward / --known-termination: the learned env takes its source env's own functions."""
+    """--known-reward / --known-termination: the learned env takes its source env's own functions;
+    --round-reward: it rounds its learned reward to the data's few values."""
     parser.add_argument(
         "--known-reward",
         action="store_true",
@@ -68,29 +69,52 @@ def add_known_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the learned env ends episodes by the source env's own termination instead of the learned one",
     )
+    parser.add_argument(
+        "--round-reward",
+        action="store_true",
+        help="the learned env rounds its learned reward to the few values the model's training data took "
+        "(reward_values='data'; `simgan info MODEL` lists them): for discrete rewards such as CartPole's 1",
+    )
 
 
-KNOWN_FLAGS = {"--known-reward": "known_reward", "--known-termination": "known_termination"}
+KNOWN_FLAGS = {
+    "--known-reward": "known_reward",
+    "--known-termination": "known_termination",
+    "--round-reward": "round_reward",
+}
+LABELS = {
+    "reward_fn": "known reward",
+    "termination_fn": "known termination",
+    "reward_values": "rounded reward",
+}
 
 
 def check_known_args(args: argparse.Namespace) -> None:
-    """--known-reward / --known-termination need a learned env (--sim)."""
+    """--known-reward / --known-termination / --round-reward need a learned env (--sim); --round-reward rounds
+    the learned reward, so not with --known-reward."""
     known = [flag for flag, attr in KNOWN_FLAGS.items() if getattr(args, attr, False)]
     if known and args.sim is None:
         raise AgentCLIError(f"{known[0]}: expected --sim (a learned env), got --env {args.env}")
+    if getattr(args, "known_reward", False) and getattr(args, "round_reward", False):
+        raise AgentCLIError("--round-reward: rounds the learned reward, expected it without --known-reward")
 
 
 def known_label(args: argparse.Namespace) -> str:
     """' (known reward, known termination)' for the flags given, '' for none: where a printed result came from."""
-    names = [name.replace("_fn", "") for name in known_kwargs(args)]
-    return f" (known {', known '.join(names)})" if names else ""
+    names = [LABELS[name] for name in known_kwargs(args)]
+    return f" ({', '.join(names)})" if names else ""
 
 
 def known_kwargs(args: argparse.Namespace) -> dict[str, str]:
-    """reward_fn / termination_fn keyword arguments of the learned env for --known-reward/--known-termination."""
-    from simgan.sim_batch import known_fn_kwargs
+    """reward_fn / termination_fn / reward_values keyword arguments of the learned env for --known-reward,
+    --known-termination and --round-reward."""
+    from simgan.sim_batch import learned_env_kwargs
 
-    return known_fn_kwargs(getattr(args, "known_reward", False), getattr(args, "known_termination", False))
+    return learned_env_kwargs(
+        getattr(args, "known_reward", False),
+        getattr(args, "known_termination", False),
+        getattr(args, "round_reward", False),
+    )
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:

@@ -314,7 +314,8 @@ class MPCLoopAgent:
         )
         self.planner: Any = None
         self.model_dir: Path | None = None
-        self.sim_kwargs: dict[str, str] = {}  # the learned env's known functions (the loop's --known-*)
+        # the learned env's known functions and reward rounding (the loop's --known-*, --round-reward)
+        self.sim_kwargs: dict[str, str] = {}
 
     def collection_policy(self, agent_dir: Path) -> Any:
         from simgan.cli.collect import SavedAgentPolicy
@@ -324,7 +325,7 @@ class MPCLoopAgent:
     def improve(self, context: Any) -> dict[str, float]:
         from simgan.cli.policies import build_planner
 
-        self.sim_kwargs = context.config.known_fns()
+        self.sim_kwargs = context.config.learned_env_kwargs()
         self.planner = build_planner(context.model, self.settings, sim_kwargs=self.sim_kwargs)
         self.model_dir = Path(context.model_dir)
         return {}

@@ -8,7 +8,8 @@ mpc`` saves one per iteration as ``mpc.json``::
 
 ``model`` is the model directory relative to the planner's own directory, so a run directory can be moved or read
 from anywhere. A planner that plans with its env's known reward or termination (``simgan loop --known-reward``)
-also stores ``"env": {"reward_fn": "known"}`` (and/or ``termination_fn``). :func:`load_policy` rebuilds either
+also stores ``"env": {"reward_fn": "known"}`` (and/or ``termination_fn``; ``"reward_values": "data"`` for
+``--round-reward``). :func:`load_policy` rebuilds either
 kind, spaces checked, so every command that takes a saved policy (``simgan collect``, ``forecast`` and ``simulate
 --policy``, ``simgan agent eval --agent``, the loop's collection and resume) takes a planner too.
 
@@ -65,15 +66,12 @@ def planner_settings(horizon: int, population: int, seed: int, **more: Any) -> d
     return settings
 
 
-ENV_KEYS = ("reward_fn", "termination_fn")
-
-
 def build_planner(
     model: Any, settings: dict[str, Any], device: Any = "cpu", sim_kwargs: dict[str, str] | None = None
 ) -> Any:
     """An ``agents.MPCPolicy`` planning in ``model`` (a loaded world model or a model directory) through a learned
     env of population x particles sub-envs (torch mode: the plan's tensors never leave the device). ``sim_kwargs``:
-    the learned env's ``reward_fn`` / ``termination_fn`` ("known"), if any."""
+    the learned env's ``reward_fn`` / ``termination_fn`` ("known") and ``reward_values`` ("data"), if any."""
     from agents import MPCPolicy
     from simgan.sim_vector_env import SimVectorEnv
 
@@ -96,7 +94,7 @@ def save_planner(
     sim_kwargs: dict[str, str] | None = None,
 ) -> None:
     """Write ``directory/mpc.json`` (atomically): the planner's settings, its model (relative to ``directory``)
-    and, if any, its learned env's known functions."""
+    and, if any, its learned env's known functions and reward rounding."""
     from simgan.fsutil import atomic_write_json
 
     directory = Path(directory)
@@ -145,11 +143,11 @@ def read_planner(directory: str | os.PathLike) -> tuple[Path, dict[str, Any], di
         planner_settings(**settings)  # refuses unknown keys
     else:
         raise PlannerLoadError(f"{path}: expected planner format {PLANNER_FORMAT}, got {stored['format']!r}")
+    from simgan.sim_batch import LEARNED_ENV_SETTINGS
+
     env = stored.get("env", {})
-    if not isinstance(env, dict) or any(k not in ENV_KEYS or v != "known" for k, v in env.items()):
-        raise PlannerLoadError(
-            f"{path}: expected env settings among {list(ENV_KEYS)} set to 'known', got {env!r}"
-        )
+    if not isinstance(env, dict) or any(LEARNED_ENV_SETTINGS.get(k) != v for k, v in env.items()):
+        raise PlannerLoadError(f"{path}: expected env settings among {LEARNED_ENV_SETTINGS}, got {env!r}")
     if not (model / "model.json").is_file():
         raise PlannerLoadError(
             f"{path}: expected the planner's model directory at {model}, found no model there"
