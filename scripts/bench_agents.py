@@ -302,7 +302,7 @@ def data_reward_values(model_dir: Path) -> np.ndarray | None:
     from simgan.world_model import discrete_values
 
     info = load_model_files(model_dir).info
-    if info.reward_values is not None:
+    if info.reward_values_recorded:
         return info.reward_values
     iteration = int(model_dir.parent.name.removeprefix("iter-"))
     data_dir = training_data_dir(model_dir.parent.parent, iteration)

@@ -230,9 +230,14 @@ def _budget(train: dict[str, Any]) -> str:
     return f"{epochs} epochs" if epochs is not None else f"{train.get('steps', '?')} steps"
 
 
-def _reward_values(values: np.ndarray | None) -> str:
+def _reward_values(info: ModelInfo) -> str:
+    values = info.reward_values
     if values is None:
-        return "continuous in the training data (or not recorded)"
+        return (
+            "continuous in the training data"
+            if info.reward_values_recorded
+            else "values not recorded (saved before simgan recorded them)"
+        )
     shown = ", ".join(f"{v:g}" for v in values.tolist())
     return (
         f"{len(values)} distinct value{'s' if len(values) > 1 else ''} in the training data: {shown} "
@@ -256,7 +261,7 @@ def summarize_model(directory: str | Path) -> str:
         f"env          {info.env_id}{kwargs}; observations {_space(info.observation_space)}, actions "
         f"{_space(info.action_space)}{limit}",
         f"trained on   the dataset whose manifest has sha256 {info.dataset_sha256[:16]}... (`simgan info DATA`)",
-        f"reward       {_reward_values(info.reward_values)}",
+        f"reward       {_reward_values(info)}",
         f"size         {parameters:,} numbers (weights, normaliser statistics) in {files.weights_file} "
         "(checksum verified)",
     ]

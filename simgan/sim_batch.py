@@ -71,10 +71,14 @@ def resolve_reward_values(reward_values: Any, reward_fn: Any, info: Any) -> np.n
                 f"reward_values: expected None, 'data' or an array of values, got {reward_values!r}"
             )
         if info.reward_values is None:
+            why = (
+                "its training data's reward is continuous"
+                if info.reward_values_recorded
+                else "it was saved before simgan recorded them; pass the values as an array"
+            )
             raise ValueError(
                 "reward_values='data': expected a model whose training data's reward takes a few distinct values "
-                f"(recorded in model.info.reward_values), got none recorded for this {info.env_id} model (a "
-                "continuous reward, or a model saved before simgan recorded them); pass the values as an array"
+                f"(model.info.reward_values), got none for this {info.env_id} model: {why}"
             )
         reward_values = info.reward_values
     values = np.asarray(reward_values, dtype=np.float64)

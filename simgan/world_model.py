@@ -79,8 +79,9 @@ class ModelInfo:
     state_high: np.ndarray  # obs_dim: per-dimension maximum seen in the training data
     dataset_sha256: str  # sha256 of the dataset's manifest.json
     # the distinct values of the training data's reward, ascending, when it takes only a few (discrete_values);
-    # None for a continuous reward and for models saved before simgan recorded them
+    # None for a continuous reward, and for models saved before simgan recorded them (reward_values_recorded False)
     reward_values: np.ndarray | None = None
+    reward_values_recorded: bool = True
 
     @property
     def obs_dim(self) -> int:
@@ -123,17 +124,15 @@ class ModelInfo:
             "action_space": space_to_dict(self.action_space),
             "max_episode_steps": self.max_episode_steps,
             "dataset_sha256": self.dataset_sha256,
+            "reward_values": None if self.reward_values is None else [float(v) for v in self.reward_values],
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        arrays = {
+        return {
             "initial_states": self.initial_states,
             "state_low": self.state_low,
             "state_high": self.state_high,
         }
-        if self.reward_values is not None:
-            arrays["reward_values"] = self.reward_values
-        return arrays
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> ModelInfo:
@@ -148,8 +147,11 @@ class ModelInfo:
             state_high=np.asarray(arrays["state_high"], dtype=np.float32),
             dataset_sha256=meta["dataset_sha256"],
             reward_values=(
-                np.asarray(arrays["reward_values"], dtype=np.float32) if "reward_values" in arrays else None
+                None
+                if meta.get("reward_values") is None
+                else np.asarray(meta["reward_values"], dtype=np.float32)
             ),
+            reward_values_recorded="reward_values" in meta,  # absent: saved before simgan recorded them
         )
 
 

@@ -4,6 +4,7 @@ what the learned env pays, and the bad input it refuses."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -121,4 +122,15 @@ def test_a_cartpole_model_records_its_reward_of_one_and_a_pendulum_model_none(tm
     assert main(pendulum) == 2
     err = capsys.readouterr().err
     assert "reward_values='data': expected a model whose training data's reward takes a few" in err
-    assert "got none recorded for this Pendulum-v1 model" in err
+    assert "got none for this Pendulum-v1 model: its training data's reward is continuous" in err
+
+    # a model saved before simgan recorded the values: its model.json has no "reward_values"
+    meta_path = tmp_path / "model-CartPole-v1" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["info"]["reward_values"] == [1.0]
+    del meta["info"]["reward_values"]
+    meta_path.write_text(json.dumps(meta))
+    assert "values not recorded (saved before simgan recorded them)" in summarize_model(meta_path.parent)
+    with pytest.raises(ValueError, match="saved before simgan recorded them; pass the values as an array"):
+        SimEnv(meta_path.parent, reward_values="data")
+    assert SimEnv(meta_path.parent, reward_values=[1.0]).sim.reward_values.tolist() == [1.0]
