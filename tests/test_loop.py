@@ -498,3 +498,27 @@ def test_planner_files_are_checked_and_old_ones_still_load(tmp_path: Path) -> No
     refused({**good, "env": {"reward_values": "known"}}, r"'reward_values': 'data'\}, got \{'reward_values'")
     refused({**good, "env": {"dynamics": "known"}}, r"'termination_fn': 'known'.*got \{'dynamics': 'known'\}")
     refused({"algo": "mpc", "model_dir": str(tmp_path / "model"), "planner": {"horizon": 2}}, "incomplete")
+
+
+def test_ppo_loops_default_to_the_cartpole_presets_simulated_budget() -> None:
+    """`simgan loop --algo ppo` trains on 1,000,000 simulated steps of 64 sub-envs per iteration unless told
+    otherwise (the bench_agents CartPole preset); SAC and MPC keep LoopConfig's defaults; a given flag wins."""
+    from simgan.cli import build_parser
+    from simgan.cli.loop import PPO_DEFAULTS, apply_algo_defaults
+    from simgan.loop import LoopConfig
+
+    def parsed(*flags: str) -> dict[str, int]:
+        args = build_parser().parse_args(["loop", "--env", "CartPole-v1", "--out", "x", *flags])
+        apply_algo_defaults(args)
+        return {name: getattr(args, name) for name in PPO_DEFAULTS}
+
+    base = LoopConfig(env_id="CartPole-v1")
+    assert parsed("--algo", "ppo") == {
+        "sim_envs": 64,
+        "rollout_horizon": 50,
+        "agent_steps_per_iter": 1_000_000,
+    }
+    for algo in ("sac", "mpc"):
+        assert parsed("--algo", algo) == {name: getattr(base, name) for name in PPO_DEFAULTS}
+    given = parsed("--algo", "ppo", "--sim-envs", "8", "--agent-steps-per-iter", "32")
+    assert given == {"sim_envs": 8, "rollout_horizon": 50, "agent_steps_per_iter": 32}
