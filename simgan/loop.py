@@ -152,10 +152,10 @@ class LoopConfig:
         for name in ("halt_unknown", "known_reward", "known_termination", "round_reward"):
             if not isinstance(getattr(self, name), bool):
                 raise LoopError(f"{name}: expected a bool, got {getattr(self, name)!r}")
-        if self.known_reward and self.round_reward:
-            raise LoopError(
-                "round_reward: rounds the learned reward, so expected known_reward=False beside it, got True"
-            )
+        try:
+            self.learned_env_kwargs()  # round_reward with known_reward is refused
+        except ValueError as exc:
+            raise LoopError(str(exc)) from exc
         if self.known_reward or self.known_termination:
             from envs.known import UnknownFunctionsError, known_functions
 
