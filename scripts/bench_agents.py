@@ -215,6 +215,13 @@ def run_loop_method(
     return {"curve": curve, "seconds": time.perf_counter() - start, "algo": agent.algo}
 
 
+def preset_for(env_id: str, *, round_reward: bool = False) -> dict[str, Any]:
+    """The env's preset; with ``round_reward`` its loops' learned envs round the learned reward to the data's
+    values (``LoopConfig.round_reward``), which the results' stored preset then records."""
+    preset = PRESETS[env_id]
+    return {**preset, "loop": {**preset["loop"], "round_reward": True}} if round_reward else preset
+
+
 def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int | None:
     return next((int(steps) for steps, value in curve if value >= threshold), None)
 
@@ -530,6 +537,12 @@ def main() -> None:
         "(e.g. with more --rank-episodes) and write OUT.json and OUT.md",
     )
     parser.add_argument(
+        "--round-reward",
+        action="store_true",
+        help="the loops' agents train in learned envs that round the learned reward to the few values the data's "
+        "reward took (simgan loop --round-reward; discrete rewards only: CartPole, InvertedPendulum)",
+    )
+    parser.add_argument(
         "--full-budget",
         action="store_true",
         help="the loops run all their preset iterations (the real-step budget) instead of stopping at the "
@@ -576,7 +589,7 @@ def main() -> None:
         "envs": {},
     }
     for env_id in args.envs:
-        preset = PRESETS[env_id]
+        preset = preset_for(env_id, round_reward=args.round_reward)
         entry: dict[str, Any] = {
             "threshold": preset["threshold"],
             "target_steps": preset["target_steps"],

@@ -303,3 +303,14 @@ def test_the_rounded_values_come_from_the_model_or_for_older_models_its_iteratio
     assert bench.data_reward_values(old / "model") is None  # iteration 1 trains on union/: not there
     simgan.collect("CartPole-v1", steps=100, workers=0, out=old / "union", seed=1, progress=False)
     assert bench.data_reward_values(old / "model").tolist() == [1.0]
+
+
+def test_round_reward_reaches_the_loops_config_and_the_stored_preset(bench) -> None:
+    from simgan.loop import LoopConfig
+
+    plain = bench.preset_for("InvertedPendulum-v5")
+    rounded = bench.preset_for("InvertedPendulum-v5", round_reward=True)
+    assert "round_reward" not in plain["loop"] and plain is bench.PRESETS["InvertedPendulum-v5"]
+    assert rounded["loop"] == {**plain["loop"], "round_reward": True}
+    config = LoopConfig(env_id="InvertedPendulum-v5", **rounded["loop"])
+    assert config.learned_env_kwargs() == {"reward_values": "data"}
