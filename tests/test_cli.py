@@ -110,6 +110,16 @@ def test_collect_refuses_non_empty_out(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
-def test_info_on_missing_dataset_exits_2(tmp_path: Path) -> None:
-    result = simgan("info", str(tmp_path))
-    assert result.returncode == 2 and "no manifest" in result.stderr
+def test_info_on_a_path_with_neither_a_dataset_nor_a_model_exits_2(tmp_path: Path) -> None:
+    result = simgan("info", str(tmp_path / "nowhere"))
+    assert (
+        result.returncode == 2
+        and "or a model directory (model.json, by `simgan train`), got nothing there" in (result.stderr)
+    )
+    result = simgan("info", str(tmp_path))  # a directory that holds neither kind
+    assert result.returncode == 2
+    assert (
+        "expected a dataset directory (manifest.json, written by `simgan collect`) or a model"
+        in result.stderr
+    )
+    assert "got neither" in result.stderr

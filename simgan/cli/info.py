@@ -27,6 +27,14 @@ def run(args: argparse.Namespace) -> int:
     if (path / MODEL_JSON).is_file() and not (path / MANIFEST_NAME).is_file():
         print(summarize_model(path))
         return 0
+    if not (path / MANIFEST_NAME).is_file():
+        from simgan.cli import CLIError
+
+        raise CLIError(
+            f"{path}: expected a dataset directory ({MANIFEST_NAME}, written by `simgan collect`) or a model "
+            f"directory ({MODEL_JSON}, by `simgan train`), got "
+            + ("neither" if path.is_dir() else "nothing there" if not path.exists() else "a file")
+        )
     dataset = load_dataset(path, validation_fraction=args.validation_fraction)
     print(summarize(dataset))
     return 0
