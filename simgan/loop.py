@@ -416,6 +416,19 @@ def _calibrate_last_model(out: Path, iteration: int, config: LoopConfig, log: Ca
     )
 
 
+def check_discrete_reward(dataset: Dataset, iteration: int) -> None:
+    """``round_reward`` needs a reward that takes a few values in the data (before a model is trained on it)."""
+    from simgan.world_model import MAX_DISCRETE_REWARDS, discrete_values
+
+    rewards = dataset.train.reward
+    if discrete_values(rewards) is None:
+        raise LoopError(
+            f"round_reward: expected the data's reward to take a few values (at most {MAX_DISCRETE_REWARDS}), got "
+            f"{len(np.unique(rewards)):,} distinct values in iteration {iteration}'s {len(rewards):,} training "
+            "transitions; leave round_reward off for a continuous reward"
+        )
+
+
 def run_loop(
     config: LoopConfig,
     agent: LoopAgent,
@@ -491,6 +504,8 @@ def run_loop(
             sources = [load_dataset(iteration_dir(out, j) / "data") for j in range(i + 1)]
             dataset = sources[0] if i == 0 else merge_datasets(sources, training_data_dir(out, i))
             real_steps = int(sum(len(ds) for ds in sources))
+            if config.round_reward:
+                check_discrete_reward(dataset, i)
 
             # ---- 2. world model ------------------------------------------------------------------------------
             t1 = time.perf_counter()

@@ -522,3 +522,15 @@ def test_ppo_loops_default_to_the_cartpole_presets_simulated_budget() -> None:
         assert parsed("--algo", algo) == {name: getattr(base, name) for name in PPO_DEFAULTS}
     given = parsed("--algo", "ppo", "--sim-envs", "8", "--agent-steps-per-iter", "32")
     assert given == {"sim_envs": 8, "rollout_horizon": 50, "agent_steps_per_iter": 32}
+
+
+def test_round_reward_on_a_continuous_reward_stops_before_training_a_model(tmp_path: Path) -> None:
+    from simgan.loop import LoopConfig, LoopError, run_loop
+
+    config = LoopConfig(env_id="Pendulum-v1", real_steps_per_iter=300, workers=0, round_reward=True)
+    with pytest.raises(
+        LoopError, match=r"round_reward: expected the data's reward to take a few values .* got"
+    ):
+        run_loop(config, agent=None, out=tmp_path / "run", progress=False)  # type: ignore[arg-type]
+    assert not (tmp_path / "run" / "iter-000" / "model").exists()
+    assert (tmp_path / "run" / "iter-000" / "data" / "manifest.json").is_file()
