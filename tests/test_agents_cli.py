@@ -112,6 +112,11 @@ def test_train_sac_pendulum_and_errors(tmp_path):
     assert "--known-termination: expected --sim (a learned env), got --env Pendulum-v1" in done.stderr
     done = simgan("eval", "--agent", str(out), "--env", "Pendulum-v1", "--round-reward")
     assert done.returncode == 2 and "--round-reward: expected --sim (a learned env)" in done.stderr
+    done = simgan("eval", "--agent", str(out), "--sim", str(tmp_path), "--round-reward", "--known-reward")
+    assert (
+        done.returncode == 2
+        and "round_reward: rounds the learned reward, so expected known_reward=False" in (done.stderr)
+    )
 
     done = simgan("train", "--algo", "sac", "--env", "Pendulum-v2", "--steps", "10", "--out", str(out))
     assert done.returncode == 2 and "`v1`" in done.stderr  # gymnasium's "did you mean" (v1 exists)

@@ -90,13 +90,11 @@ LABELS = {
 
 
 def check_known_args(args: argparse.Namespace) -> None:
-    """--known-reward / --known-termination / --round-reward need a learned env (--sim); --round-reward rounds
-    the learned reward, so not with --known-reward."""
+    """--known-reward / --known-termination / --round-reward need a learned env (--sim). (--round-reward with
+    --known-reward is refused by :func:`simgan.sim_batch.learned_env_kwargs`.)"""
     known = [flag for flag, attr in KNOWN_FLAGS.items() if getattr(args, attr, False)]
     if known and args.sim is None:
         raise AgentCLIError(f"{known[0]}: expected --sim (a learned env), got --env {args.env}")
-    if getattr(args, "known_reward", False) and getattr(args, "round_reward", False):
-        raise AgentCLIError("--round-reward: rounds the learned reward, expected it without --known-reward")
 
 
 def known_label(args: argparse.Namespace) -> str:
