@@ -78,25 +78,28 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_dataclass_arguments(parser, LoopConfig, exclude=("env_id",))
-    fields = {f.name: f for f in dataclasses.fields(LoopConfig)}
     for action in parser._actions:  # the algorithm picks these defaults (applied in run)
         if action.dest in PPO_DEFAULTS:
             action.help = (
-                f"{action.help} (default: {fields[action.dest].default:,}; with --algo ppo "
+                f"{action.help} (default: {loop_config_default(action.dest):,}; with --algo ppo "
                 f"{PPO_DEFAULTS[action.dest]:,})"
             )
             action.default = None
 
 
+def loop_config_default(name: str) -> Any:
+    """LoopConfig's default for field ``name`` (what SAC and MPC loops take)."""
+    from simgan.loop import LoopConfig
+
+    return next(f.default for f in dataclasses.fields(LoopConfig) if f.name == name)
+
+
 def apply_algo_defaults(args: argparse.Namespace) -> None:
     """Fill the flags of ``PPO_DEFAULTS`` that were not given: PPO's values for ``--algo ppo``, LoopConfig's
     defaults otherwise."""
-    from simgan.loop import LoopConfig
-
-    fields = {f.name: f for f in dataclasses.fields(LoopConfig)}
     for name, ppo in PPO_DEFAULTS.items():
         if getattr(args, name, None) is None:
-            setattr(args, name, ppo if args.algo == "ppo" else fields[name].default)
+            setattr(args, name, ppo if args.algo == "ppo" else loop_config_default(name))
 
 
 def run(args: argparse.Namespace) -> int:
